@@ -1,24 +1,60 @@
-# serpent-basicsr: the two commands are `make demo` and `make test`.
+# serpent-basicsr. The two commands: `make demo` (set up, prepare the embedded default
+# data, train the main job, print the report) and `make test` (set up, run every test).
 PY      ?= python3.11
 VENV    := .venv
 VPY     := $(VENV)/bin/python
-VPIP    := $(VPY) -m pip
+PIP     := $(VPY) -m pip --disable-pip-version-check
 STAMP   := $(VENV)/.installed
+# mamba-ssm: install the Python package without compiling its CUDA kernels (hours, and
+# no GPU here); our code only uses it where its compiled extension imports.
 export MAMBA_SKIP_CUDA_BUILD := TRUE
 export MAMBA_FORCE_BUILD := TRUE
+# Our own install must build the C++ scan kernel (a plain `pip install` may fall back).
+export SERPENT_REQUIRE_CPU_KERNEL := 1
 
-.PHONY: demo test venv data bench clean-venv
+.PHONY: venv test demo data bench bench-scan bench-efficiency bench-data bench-quality gpu-check clean
 
 venv: $(STAMP)
 
-# Order matters: torch first (basicsr's and mamba-ssm's builds import it), then the pinned
-# requirements, then basicsr without its tb-nightly requirement, then mamba-ssm without CUDA
-# build (its CUDA extension is only built on GPU machines), then our package with its C++ scan.
+# Order matters: torch first (basicsr's and mamba-ssm's builds import it), the pinned
+# requirements, basicsr without its tb-nightly requirement (it breaks the tensorboard CLI),
+# mamba-ssm, then our package (editable) with its C++ kernel.
 $(STAMP): requirements.txt setup.py
 	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(VPIP) install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(VPIP) install --quiet --disable-pip-version-check -r requirements.txt
-	$(VPIP) install --quiet --disable-pip-version-check --no-build-isolation --no-deps basicsr==1.4.2
-	$(VPIP) install --quiet --disable-pip-version-check --no-build-isolation --no-deps mamba-ssm==2.3.2.post1
-	$(VPIP) install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
+	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-build-isolation --no-deps basicsr==1.4.2
+	$(PIP) install --quiet --no-build-isolation --no-deps mamba-ssm==2.3.2.post1
+	$(PIP) install --quiet --no-build-isolation --no-deps -e .
+	$(VPY) -c "import serpent_basicsr, basicsr; print('serpent-basicsr ready:', serpent_basicsr.ops.available_backends())"
 	touch $(STAMP)
+
+test: venv
+	$(VPY) -m pytest -q -p no:cacheprovider tests
+
+data: venv
+	$(VPY) datasets/make_default_data.py
+
+demo: data
+	$(VENV)/bin/basicsr train -opt options/serpent_deblur.yml
+	$(VPY) -m serpent_basicsr.report -opt options/serpent_deblur.yml
+
+bench-scan: venv
+	$(VPY) bench/scan/bench_scan.py
+
+bench-efficiency: venv
+	$(VPY) bench/efficiency/bench_efficiency.py
+
+bench-data: data
+	$(VPY) bench/data/bench_data.py
+
+bench-quality: data
+	$(VPY) bench/quality/bench_quality.py
+
+bench: bench-scan bench-efficiency bench-data bench-quality
+
+gpu-check: venv
+	bash bench/gpu/run_gpu.sh
+
+clean:
+	rm -rf experiments results tb_logger build
