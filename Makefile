@@ -37,19 +37,19 @@ data: venv
 
 demo: data
 	$(VENV)/bin/basicsr train -opt options/serpent_deblur.yml
-	$(VPY) -m serpent_basicsr.report -opt options/serpent_deblur.yml
+	$(VPY) -m serpent_basicsr.report --exp experiments/serpent_deblur_default
 
 bench-scan: venv
 	$(VPY) bench/scan/bench_scan.py
 
 bench-efficiency: venv
-	$(VPY) bench/efficiency/bench_efficiency.py
+	$(VPY) bench/efficiency/run_efficiency.py
 
 bench-data: data
 	$(VPY) bench/data/bench_data.py
 
 bench-quality: data
-	$(VPY) bench/quality/bench_quality.py
+	$(VPY) bench/quality/run.py
 
 bench: bench-scan bench-efficiency bench-data bench-quality
 
