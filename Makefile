@@ -11,6 +11,8 @@ export MAMBA_SKIP_CUDA_BUILD := TRUE
 export MAMBA_FORCE_BUILD := TRUE
 # Our own install must build the C++ scan kernel (a plain `pip install` may fall back).
 export SERPENT_REQUIRE_CPU_KERNEL := 1
+# On a busy machine, spinning OpenMP threads slow small ops 10-100x; idle ones sleep instead.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: venv test demo data bench bench-scan bench-efficiency bench-data bench-quality gpu-check clean
 
