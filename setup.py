@@ -34,7 +34,7 @@ def _ext_modules():
     except ImportError:  # torch is needed to build; install it first (see README)
         print('serpent-basicsr: torch not importable, skipping the CPU scan kernel', file=sys.stderr)
         return [], {}
-    args = ['-O3', '-fopenmp', '-std=c++17']
+    args = ['-O3', '-fopenmp', '-std=c++20']
     ext = CppExtension('serpent_basicsr.ops._scan_cpu', sources, extra_compile_args=args,
                        extra_link_args=['-fopenmp'])
 

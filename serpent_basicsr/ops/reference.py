@@ -2,8 +2,8 @@
 
 Every other backend is tested against this function in float64. It follows mamba-ssm's
 `selective_scan_ref` semantics and shapes, but its backward is linear in the length: states
-are collected in a list and stacked once (slicing a growing tensor inside the loop would make
-autograd quadratic).
+are collected in a list and stacked once, and the per-step inputs come from one `unbind` (slicing
+a big tensor inside the loop would make autograd quadratic).
 """
 from __future__ import annotations
 
@@ -47,9 +47,11 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     deltaB_u = torch.einsum('bdl,bdnl,bdl->bdln', delta, B, u)
     x = u.new_zeros((batch, dim, A.shape[1]))
     ys = []
-    for i in range(length):
-        x = deltaA[:, :, i] * x + deltaB_u[:, :, i]
-        ys.append(torch.einsum('bdn,bdn->bd', x, C[:, :, :, i]))
+    # unbind once: indexing deltaA[:, :, i] inside the loop would make each step's backward
+    # allocate a full (batch, dim, L, N) gradient, i.e. a quadratic backward.
+    for a_i, bu_i, c_i in zip(deltaA.unbind(2), deltaB_u.unbind(2), C.unbind(3)):
+        x = a_i * x + bu_i
+        ys.append(torch.einsum('bdn,bdn->bd', x, c_i))
     y = torch.stack(ys, dim=2)
     if D is not None:
         y = y + u * D.to(acc)[..., None]

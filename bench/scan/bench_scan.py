@@ -1,0 +1,271 @@
+"""Selective-scan benchmark: every backend and the reference loop, in one run.
+
+    .venv/bin/python bench/scan/bench_scan.py            # issue 4's shapes, writes results/
+    .venv/bin/python bench/scan/bench_scan.py --quick    # tiny smoke run (no results written)
+
+For each shape (batch, groups x channels, d_state, length), backend and mode (forward, forward +
+backward), float32, 2 threads, a fresh Python process:
+  1. builds the inputs, resets the peak-RSS counter (/proc/self/clear_refs) and runs the call once:
+     peak extra memory = VmHWM - VmRSS before the call (torch's CPU memory is invisible to tracemalloc);
+  2. times `--reps` further calls (median and min, ms).
+The error is the max |y - y_ref64| over max |y_ref64|, y_ref64 the reference loop in float64.
+Floors: bytes of u, delta, B, C read and y written (forward; the backward adds dy read and
+du, ddelta, dB, dC written) over the measured copy bandwidth, and 9 (forward) / 30 (forward +
+backward) FLOPs per (batch, channel, position, state) over the measured float32 matmul rate;
+the floor is the larger of the two, and `x floor` is the time over it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+SHAPES = [(1, 4, 96, 16, 1024), (1, 4, 96, 16, 4096), (1, 4, 96, 16, 16384), (4, 4, 192, 16, 1024)]
+FLOPS_PER_ELEM = {'fwd': 9, 'fwd+bwd': 30}
+
+
+def _status_kb(field: str) -> int:
+    for line in open('/proc/self/status'):
+        if line.startswith(field + ':'):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def make_inputs(shape, dtype, requires_grad):
+    import torch
+    batch, groups, cpg, n, length = shape
+    dim = groups * cpg
+    g = torch.Generator().manual_seed(0)
+    f64 = dict(generator=g, dtype=torch.float64)
+    # Serpent-like values: A = -(1..N), D = 1, delta ~ softplus(-4.6 + noise) ~ 0.01
+    x = dict(u=torch.randn(batch, dim, length, **f64), delta=torch.randn(batch, dim, length, **f64) - 4.6,
+             A=-torch.arange(1, n + 1, dtype=torch.float64).repeat(dim, 1),
+             B=torch.randn(batch, groups, n, length, **f64), C=torch.randn(batch, groups, n, length, **f64),
+             D=torch.ones(dim, dtype=torch.float64), delta_bias=0.1 * torch.randn(dim, **f64))
+    return {k: v.to(dtype).requires_grad_(requires_grad) for k, v in x.items()}
+
+
+def child(spec: dict) -> dict:
+    """One measurement in this (fresh) process."""
+    import torch
+    sys.path.insert(0, str(ROOT))
+    torch.set_num_threads(spec['threads'])
+    from serpent_basicsr.ops import selective_scan
+    shape, backend, mode = tuple(spec['shape']), spec['backend'], spec['mode']
+    grad = mode == 'fwd+bwd'
+    x = make_inputs(shape, torch.float32, grad)
+
+    def call():
+        if grad:
+            y = selective_scan(**x, delta_softplus=True, backend=backend)
+            y.backward(dy)
+            for t in x.values():
+                t.grad = None
+            return y.detach()
+        with torch.no_grad():
+            return selective_scan(**x, delta_softplus=True, backend=backend)
+
+    dy = torch.randn(x['u'].shape, generator=torch.Generator().manual_seed(1)) if grad else None
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')  # reset VmHWM to the current RSS
+        reset = True
+    except OSError:
+        reset = False
+    before = _status_kb('VmRSS')
+    t0 = time.perf_counter()
+    y = call()
+    first = time.perf_counter() - t0
+    peak = _status_kb('VmHWM')
+    out = {'peak_extra_mb': (peak - before) / 1024, 'peak_reset': reset, 'first_ms': first * 1e3}
+    if spec.get('ref_path'):
+        ref = torch.load(spec['ref_path'])
+        out['rel_err'] = float((y.double() - ref).abs().max() / ref.abs().max())
+        out['finite'] = bool(torch.isfinite(y).all())
+    times = []
+    for _ in range(spec['reps']):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    out['median_ms'] = statistics.median(times) * 1e3 if times else first * 1e3
+    out['min_ms'] = min(times) * 1e3 if times else first * 1e3
+    out['reps'] = len(times)
+    return out
+
+
+def child_ref64(spec: dict) -> dict:
+    """float64 reference output, saved for the error column."""
+    import torch
+    sys.path.insert(0, str(ROOT))
+    torch.set_num_threads(spec['threads'])
+    from serpent_basicsr.ops import selective_scan_ref
+    x = make_inputs(tuple(spec['shape']), torch.float64, False)
+    with torch.no_grad():
+        torch.save(selective_scan_ref(**x, delta_softplus=True), spec['ref_path'])
+    return {}
+
+
+def run_child(spec: dict, timeout: float) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), '--child', json.dumps(spec)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {'error': f'timeout after {timeout:.0f} s'}
+    if out.returncode != 0:
+        return {'error': out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f'rc {out.returncode}'}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine_rates(threads: int) -> dict:
+    """Copy bandwidth (bytes read + written per second) and float32 matmul rate, best of 5."""
+    import torch
+    torch.set_num_threads(threads)
+    src = torch.rand(64 * 2 ** 20)  # 256 MiB
+    dst = torch.empty_like(src)
+    best = float('inf')
+    for _ in range(6):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    bw = 2 * src.numel() * 4 / best
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    best = float('inf')
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return {'copy_GBps': bw / 1e9, 'matmul_GFLOPs': 2 * 2048 ** 3 / best / 1e9}
+
+
+def floors_ms(shape, mode, rates) -> dict:
+    batch, groups, cpg, n, length = shape
+    dim = groups * cpg
+    bdl, bgnl = batch * dim * length, batch * groups * n * length
+    nbytes = 4 * (3 * bdl + 2 * bgnl)                    # u, delta, y; B, C
+    if mode == 'fwd+bwd':
+        nbytes += 4 * (3 * bdl + 2 * bgnl + 3 * bdl + 2 * bgnl)  # re-read inputs, dy; du, ddelta, dB, dC
+    mem = nbytes / (rates['copy_GBps'] * 1e9) * 1e3
+    arith = FLOPS_PER_ELEM[mode] * bdl * n / (rates['matmul_GFLOPs'] * 1e9) * 1e3
+    return {'memory_floor_ms': mem, 'arith_floor_ms': arith, 'floor_ms': max(mem, arith)}
+
+
+def shape_name(shape) -> str:
+    batch, groups, cpg, n, length = shape
+    return f'b{batch} {groups}x{cpg} N{n} L{length}'
+
+
+def to_markdown(res: dict) -> str:
+    m = res['machine']
+    lines = [f"Selective scan, float32, {m['threads']} threads, {m['cpu']}; copy {m['rates']['copy_GBps']:.1f} GB/s, "
+             f"matmul {m['rates']['matmul_GFLOPs']:.0f} GFLOP/s (measured in this run); load average "
+             f"{m['loadavg_start']} at start, {m['loadavg_end']} at end; cpu kernel: {m['cpu_kernel']}.", '',
+             '| shape | mode | backend | median ms | min ms | peak extra MB | rel. err vs f64 ref | vs ref (x faster) '
+             '| floor ms | x floor |', '|---|---|---|---:|---:|---:|---:|---:|---:|---:|']
+    for r in res['rows']:
+        if 'error' in r:
+            lines.append(f"| {r['shape_name']} | {r['mode']} | {r['backend']} | {r['error']} | | | | | | |")
+            continue
+        speed = f"{r['speedup_vs_ref']:.1f}" if r.get('speedup_vs_ref') else '-'
+        err = f"{r['rel_err']:.1e}" if 'rel_err' in r else '-'
+        lines.append(f"| {r['shape_name']} | {r['mode']} | {r['backend']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | "
+                     f"{r['peak_extra_mb']:.0f} | {err} | {speed} | {r['floor_ms']:.2f} | {r['x_floor']:.1f} |")
+    return '\n'.join(lines) + '\n'
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--child', help=argparse.SUPPRESS)
+    ap.add_argument('--ref64', help=argparse.SUPPRESS)
+    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--backends', default='auto', help="comma list, or 'auto': every CPU backend + ref")
+    ap.add_argument('--ref-max-length', type=int, default=4096,
+                    help='skip the reference loop above this length (it is slow and large); 0 = never skip')
+    ap.add_argument('--reps', type=int, default=5, help='timed calls per measurement (ref: at most 2)')
+    ap.add_argument('--timeout', type=float, default=1200, help='seconds per measurement process')
+    ap.add_argument('--quick', action='store_true', help='tiny shapes, nothing written')
+    ap.add_argument('--out', default=str(HERE / 'results'))
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    if args.ref64:
+        print(json.dumps(child_ref64(json.loads(args.ref64))))
+        return
+
+    sys.path.insert(0, str(ROOT))
+    import torch
+    from serpent_basicsr.ops import available_backends, backend_summary
+    shapes = [(1, 2, 8, 16, 256), (2, 2, 8, 16, 300)] if args.quick else SHAPES
+    if args.backends == 'auto':
+        backends = [b for b in available_backends() if b in ('cpu', 'torch')] + ['ref']
+    else:
+        backends = args.backends.split(',')
+    out_dir = Path(args.out)
+    tmp = out_dir / 'tmp'
+    tmp.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    machine = {'cpu': platform.processor() or platform.machine(), 'threads': args.threads,
+               'torch': torch.__version__, 'cpu_kernel': backend_summary(),
+               'loadavg_start': ' '.join(f'{x:.1f}' for x in os.getloadavg())}
+    for line in open('/proc/cpuinfo'):
+        if line.startswith('model name'):
+            machine['cpu'] = line.split(':', 1)[1].strip()
+            break
+    machine['rates'] = machine_rates(args.threads)
+    print(f"machine: {machine}", flush=True)
+    rows = []
+    for shape in shapes:
+        ref_path = str(tmp / f'ref64_{"_".join(map(str, shape))}.pt')
+        r = subprocess.run([sys.executable, str(Path(__file__).resolve()), '--ref64',
+                            json.dumps({'shape': shape, 'threads': args.threads, 'ref_path': ref_path})],
+                           capture_output=True, text=True, timeout=args.timeout)
+        have_ref64 = r.returncode == 0
+        for mode in ('fwd', 'fwd+bwd'):
+            ref_ms = None
+            for backend in sorted(backends, key=lambda b: b != 'ref'):  # ref first: the ratio needs it
+                row = {'shape': shape, 'shape_name': shape_name(shape), 'mode': mode, 'backend': backend}
+                if backend == 'ref' and args.ref_max_length and shape[-1] > args.ref_max_length:
+                    row['error'] = f'skipped (L > --ref-max-length {args.ref_max_length})'
+                    rows.append(row)
+                    print(row, flush=True)
+                    continue
+                spec = {'shape': shape, 'backend': backend, 'mode': mode, 'threads': args.threads,
+                        'reps': min(args.reps, 2) if backend == 'ref' else args.reps,
+                        'ref_path': ref_path if have_ref64 else None}
+                row.update(run_child(spec, args.timeout))
+                if 'error' not in row:
+                    row.update(floors_ms(shape, mode, machine['rates']))
+                    row['x_floor'] = row['median_ms'] / row['floor_ms']
+                    if backend == 'ref':
+                        ref_ms = row['median_ms']
+                    elif ref_ms:
+                        row['speedup_vs_ref'] = ref_ms / row['median_ms']
+                rows.append(row)
+                print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+        if os.path.exists(ref_path):
+            os.remove(ref_path)
+    machine['loadavg_end'] = ' '.join(f'{x:.1f}' for x in os.getloadavg())
+    res = {'machine': machine, 'rows': rows}
+    md = to_markdown(res)
+    print(md)
+    try:
+        tmp.rmdir()
+    except OSError:
+        pass
+    if not args.quick:
+        (out_dir / 'scan_bench.json').write_text(json.dumps(res, indent=1))
+        (out_dir / 'scan_bench.md').write_text(md)
+        print(f'wrote {out_dir}/scan_bench.json and scan_bench.md')
+
+
+if __name__ == '__main__':
+    main()

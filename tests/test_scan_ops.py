@@ -1,0 +1,199 @@
+"""Selective scan backends against the reference loop (float64), gradcheck, stability, dtypes."""
+import pytest
+import torch
+
+from serpent_basicsr.ops import available_backends, selective_scan, selective_scan_ref
+
+# backends that run on CPU tensors (the cuda one is checked in test_scan_backends.py when present)
+CPU_BACKENDS = [b for b in available_backends() if b in ('cpu', 'torch')]
+
+
+def make_inputs(seed, batch=2, dim=8, n=4, length=37, groups=2, softplus=True, use_z=True, use_d=True,
+                use_bias=True, dtype=torch.float64, bc_3d=False):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+
+    u = rnd(batch, dim, length)
+    if softplus:
+        delta = rnd(batch, dim, length, scale=0.5)
+    else:  # without softplus the step must stay positive, as in real use (else the scan explodes)
+        delta = (0.05 + 0.5 * torch.rand(batch, dim, length, generator=g, dtype=torch.float64)).to(dtype)
+        delta.requires_grad_()
+    A = (-0.2 - torch.rand(dim, n, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+    bshape = (batch, n, length) if bc_3d else (batch, groups, n, length)
+    B, C = rnd(*bshape), rnd(*bshape)
+    D = rnd(dim) if use_d else None
+    z = rnd(batch, dim, length) if use_z else None
+    bias = rnd(dim, scale=0.5) if use_bias else None
+    return dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=bias, delta_softplus=softplus)
+
+
+def run(fn, inputs, seed=123):
+    """y, last state and the gradients of a random projection of both, for every tensor input."""
+    y, last = fn(**inputs, return_last_state=True)
+    g = torch.Generator().manual_seed(seed)
+    wy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)
+    wl = torch.randn(last.shape, generator=g, dtype=torch.float64).to(last.dtype)
+    names = [k for k, v in inputs.items() if isinstance(v, torch.Tensor)]
+    grads = torch.autograd.grad((y * wy).sum() + (last * wl).sum(), [inputs[k] for k in names])
+    return {'y': y, 'last': last, **{'d' + k: gr for k, gr in zip(names, grads)}}
+
+
+CASES = [  # (batch, dim, n, length, groups, softplus, z, D, bias, 3d B/C)
+    (2, 8, 4, 37, 2, True, True, True, True, False),
+    (1, 4, 1, 1, 1, False, False, False, False, False),   # length 1, d_state 1
+    (2, 8, 16, 1, 4, True, True, True, True, False),      # length 1, d_state 16, 4 groups
+    (1, 8, 16, 65, 4, True, False, True, True, False),    # crosses a chunk boundary (64)
+    (2, 4, 16, 130, 1, False, True, False, False, False),
+    (3, 12, 3, 19, 4, True, True, False, True, False),    # odd d_state (padding lanes)
+    (1, 6, 5, 129, 3, False, False, True, True, True),     # (batch, N, L) B/C
+    (1, 16, 16, 200, 1, True, True, True, True, False),   # 1 group x 16 channels (split dB/dC sums)
+    (2, 4, 40, 23, 2, True, True, True, False, False),    # d_state 40: runtime-sized state path
+]
+
+
+@pytest.mark.parametrize('backend', CPU_BACKENDS)
+@pytest.mark.parametrize('case', CASES, ids=lambda c: 'b{}d{}n{}L{}g{}sp{}z{}D{}bias{}3d{}'.format(*map(int, c)))
+def test_matches_reference_float64(backend, case):
+    b, d, n, length, groups, sp, use_z, use_d, use_bias, bc3 = case
+    inputs = make_inputs(sum(case), b, d, n, length, groups, sp, use_z, use_d, use_bias, bc_3d=bc3)
+    want = run(selective_scan_ref, inputs)
+    got = run(lambda **kw: selective_scan(**kw, backend=backend), inputs)
+    assert set(got) == set(want)
+    for key in want:
+        assert got[key].dtype == torch.float64, key
+        torch.testing.assert_close(got[key], want[key], rtol=1e-9, atol=1e-10, msg=f'{backend}: {key}')
+
+
+@pytest.mark.parametrize('backend', CPU_BACKENDS)
+def test_gradcheck(backend):
+    inputs = make_inputs(7, batch=1, dim=4, n=3, length=6, groups=2)
+    names = [k for k, v in inputs.items() if isinstance(v, torch.Tensor)]
+
+    def fn(*tensors):
+        kw = dict(inputs, **dict(zip(names, tensors)))
+        y, last = selective_scan(**kw, return_last_state=True, backend=backend)
+        return y, last
+
+    assert torch.autograd.gradcheck(fn, [inputs[k] for k in names], eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize('backend', CPU_BACKENDS)
+def test_gradcheck_no_softplus_no_extras(backend):
+    inputs = make_inputs(8, batch=2, dim=2, n=2, length=5, groups=1, softplus=False, use_z=False, use_d=False,
+                         use_bias=False)
+    names = [k for k, v in inputs.items() if isinstance(v, torch.Tensor)]
+
+    def fn(*tensors):
+        return selective_scan(**dict(inputs, **dict(zip(names, tensors))), backend=backend)
+
+    assert torch.autograd.gradcheck(fn, [inputs[k] for k in names], eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize('backend', CPU_BACKENDS)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('regime', ['strong_decay', 'near_zero_delta'])
+def test_long_sequence_stays_finite(backend, dtype, regime):
+    length = 65536
+    g = torch.Generator().manual_seed(3)
+    u = torch.randn(1, 2, length, generator=g).to(dtype).requires_grad_()
+    # softplus(30) = 30 with A down to -4: decay exp(-120) per step; softplus(-30) ~ 1e-13
+    delta = torch.full((1, 2, length), 30.0 if regime == 'strong_decay' else -30.0, dtype=dtype, requires_grad=True)
+    A = (-torch.linspace(0.5, 4.0, 8)).repeat(2, 1).to(dtype).requires_grad_()
+    B = torch.randn(1, 1, 8, length, generator=g).to(dtype).requires_grad_()
+    C = torch.randn(1, 1, 8, length, generator=g).to(dtype).requires_grad_()
+    D = torch.ones(2, dtype=dtype, requires_grad=True)
+    y, last = selective_scan(u, delta, A, B, C, D, delta_softplus=True, return_last_state=True, backend=backend)
+    (y.sum() + last.sum()).backward()
+    for name, t in (('y', y), ('last', last), ('du', u.grad), ('ddelta', delta.grad), ('dA', A.grad),
+                    ('dB', B.grad), ('dC', C.grad), ('dD', D.grad)):
+        assert torch.isfinite(t).all(), f'{backend} {regime}: {name} has NaN/Inf'
+    if regime == 'near_zero_delta':  # state barely moves: y ~ D * u
+        torch.testing.assert_close(y, u.detach() * 1.0, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize('backend', CPU_BACKENDS)
+def test_float32_close_to_float64_reference(backend):
+    inputs = make_inputs(11, batch=2, dim=8, n=16, length=150, groups=4)
+    want = run(selective_scan_ref, inputs)
+    inputs32 = {k: (v.detach().float().requires_grad_() if isinstance(v, torch.Tensor) else v)
+                for k, v in inputs.items()}
+    got = run(lambda **kw: selective_scan(**kw, backend=backend), inputs32)
+    for key in want:
+        assert got[key].dtype == torch.float32, key
+        scale = want[key].abs().max().item()
+        err = (got[key].double() - want[key]).abs().max().item()
+        assert err <= 2e-5 * max(scale, 1.0), f'{backend} {key}: max err {err:.3g} (scale {scale:.3g})'
+
+
+@pytest.mark.parametrize('backend', CPU_BACKENDS + ['ref'])
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_low_precision_inputs(backend, dtype):
+    inputs = make_inputs(5, batch=1, dim=8, n=16, length=40, groups=4, dtype=dtype)
+    y, last = selective_scan(**inputs, return_last_state=True, backend=backend)
+    assert y.dtype == dtype and last.dtype == torch.float32
+    inputs32 = {k: (v.detach().float() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    y32 = selective_scan(**inputs32, backend=backend)
+    torch.testing.assert_close(y.float(), y32, rtol=2e-2, atol=2e-2)
+    y.float().sum().backward()
+    assert inputs['u'].grad.dtype == dtype and torch.isfinite(inputs['u'].grad.float()).all()
+
+
+@pytest.mark.skipif('cpu' not in CPU_BACKENDS, reason='compiled CPU kernel not built')
+def test_cpu_kernel_portable_path_matches_simd_path():
+    from serpent_basicsr.ops import cpu_scan
+    ext = cpu_scan.load()
+    results = {}
+    for isa in ('generic', 'auto'):
+        ext.set_isa(isa)
+        try:
+            for dtype in (torch.float32, torch.float64):
+                inputs = make_inputs(21, batch=1, dim=8, n=16, length=70, groups=2, dtype=dtype)
+                results[isa, dtype] = run(lambda **kw: selective_scan(**kw, backend='cpu'), inputs)
+        finally:
+            ext.set_isa('auto')
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        for key, want in results['generic', dtype].items():
+            torch.testing.assert_close(results['auto', dtype][key], want, rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif('cpu' not in CPU_BACKENDS, reason='compiled CPU kernel not built')
+def test_cpu_kernel_threads_agree():
+    """Big enough (2^22 elements) for the OpenMP path; 1 and 2 threads split the work differently."""
+    old = torch.get_num_threads()
+    inputs = make_inputs(31, batch=1, dim=16, n=16, length=16384, groups=1)
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(run(lambda **kw: selective_scan(**kw, backend='cpu'), inputs))
+    finally:
+        torch.set_num_threads(old)
+    for key in results[0]:
+        torch.testing.assert_close(results[1][key], results[0][key], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif('cpu' not in CPU_BACKENDS, reason='compiled CPU kernel not built')
+def test_cpu_kernel_keeps_only_chunk_checkpoints():
+    """The saved state is (batch, dim, L / chunk, N_padded), never (batch, dim, L, N)."""
+    from serpent_basicsr.ops import cpu_scan
+    ext = cpu_scan.load()
+    x = make_inputs(1, batch=1, dim=4, n=16, length=1000, groups=1, dtype=torch.float32)
+    args = [x[k].detach() for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')]
+    _, _, ckpt = ext.fwd(*args, True, True)
+    k = ext.chunk_size()
+    assert tuple(ckpt.shape) == (1, 4, -(-1000 // k), 16)
+    _, _, none = ext.fwd(*args, True, False)
+    assert none.numel() == 0
+
+
+def test_bad_shapes_name_the_argument():
+    x = make_inputs(2, batch=1, dim=4, n=3, length=10, groups=2)
+    with pytest.raises(ValueError, match='B must be'):
+        selective_scan(**dict(x, B=x['B'][..., :5]))
+    with pytest.raises(ValueError, match='divisible'):
+        selective_scan(**dict(x, B=torch.randn(1, 3, 3, 10), C=torch.randn(1, 3, 3, 10)))
+    with pytest.raises(ValueError, match='delta_bias'):
+        selective_scan(**dict(x, delta_bias=torch.randn(5)))
