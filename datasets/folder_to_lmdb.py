@@ -106,17 +106,23 @@ def folder_to_lmdb(folder: str, lmdb_path: str, overwrite: bool = False, compres
         env.close()
         if count != len(keys):
             raise RuntimeError(f'{lmdb_path}: wrote {count} entries, expected {len(keys)}')
-        if osp.exists(lmdb_path):  # --overwrite: swap in, then drop the old one
-            trash = f'{tmp}.old'
-            os.rename(lmdb_path, trash)
-            os.rename(tmp, lmdb_path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, lmdb_path)
+        swap_into_place(tmp, lmdb_path)
     except BaseException:  # includes SystemExit from basicsr and KeyboardInterrupt
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return len(keys), lmdb_path
+
+
+def swap_into_place(tmp: str, out: str) -> None:
+    """Move the finished folder `tmp` to `out`; an existing `out` is replaced only once `tmp` is
+    complete (renamed aside first, then removed), so `out` is never half-written."""
+    if osp.exists(out):
+        trash = f'{tmp}.old'
+        os.rename(out, trash)
+        os.rename(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
 
 
 def main(argv=None) -> int:

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional
 
 HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, HERE)
-from folder_to_lmdb import folder_to_lmdb  # noqa: E402
+from folder_to_lmdb import folder_to_lmdb, swap_into_place  # noqa: E402
 
 FORMAT_VERSION = 1
 TRAIN_PHOTOS = {  # name -> file inside skimage/data
@@ -179,13 +179,7 @@ def build(out: str, short_side: int = 512, sub_size: int = 384, sub_step: int = 
         record = {'settings': settings, 'files': files}
         with open(osp.join(tmp, '.complete.json'), 'w') as f:
             json.dump(record, f, indent=1)
-        if osp.exists(out):
-            trash = f'{tmp}.old'
-            os.rename(out, trash)
-            os.rename(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -25,6 +25,9 @@ import shutil
 import sys
 from typing import Any, Dict
 
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from folder_to_lmdb import swap_into_place  # noqa: E402
+
 
 def _write(path: str, img, bit_depth: int) -> None:
     """float32 BGR HWC in [0, 1] -> PNG."""
@@ -72,13 +75,7 @@ def make_pairs(gt_folder: str, out: str, options: Dict[str, Any], seed: int = 0,
         np.savez_compressed(osp.join(tmp, 'kernels.npz'), **kernels)
         with open(osp.join(tmp, 'degradation.json'), 'w') as f:
             json.dump(record, f, indent=1)
-        if osp.exists(out):
-            trash = f'{tmp}.old'
-            os.rename(out, trash)
-            os.rename(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
