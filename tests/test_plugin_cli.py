@@ -193,3 +193,16 @@ def test_compat_alias_without_pth_hook(tmp_path):
             'import torchvision.transforms.functional as F\nprint(d.rgb_to_grayscale is F.rgb_to_grayscale)\n')
     out = run(['python', '-c', code], REPO)
     assert out.returncode == 0 and out.stdout.strip() == 'True', out.stderr
+
+
+def test_environment_tensorboard_cli_and_mamba_ssm_installed(tmp_path):
+    # tensorboard's CLI dies when tb-nightly sits beside it; basicsr is installed without it.
+    out = run(['tensorboard', '--version'], tmp_path)
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr[-2000:]
+    # mamba-ssm is installed (its CUDA extension is not, on CPU machines) and stays unimported.
+    code = ('import importlib.util, sys, serpent_basicsr, torch\n'
+            'u = torch.randn(1, 4, 8); A = -torch.rand(4, 2); B = torch.randn(1, 1, 2, 8)\n'
+            'serpent_basicsr.ops.selective_scan(u, u.abs(), A, B, B)\n'
+            'print(importlib.util.find_spec("mamba_ssm") is not None, "mamba_ssm" in sys.modules)\n')
+    out = run(['python', '-c', code], tmp_path)
+    assert out.returncode == 0 and out.stdout.split() == ['True', 'False'], out.stderr[-2000:]
