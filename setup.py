@@ -17,7 +17,6 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
-from setuptools.command.develop import develop
 
 HERE = Path(__file__).parent
 PTH = 'serpent_basicsr_compat.pth'
@@ -59,14 +58,6 @@ class BuildPyWithPth(build_py):
         shutil.copy(HERE / PTH, Path(self.build_lib) / PTH)
 
 
-class DevelopWithPth(develop):
-    """Editable installs (`pip install -e .`, `setup.py develop`) get the .pth too."""
-
-    def run(self):
-        super().run()
-        shutil.copy(HERE / PTH, Path(self.install_dir) / PTH)
-
-
 try:  # PEP 660 editable installs (`pip install -e .` with setuptools >= 64)
     from setuptools.command.editable_wheel import editable_wheel
 
@@ -81,7 +72,7 @@ except ImportError:
     EditableWheelWithPth = None
 
 ext_modules, cmdclass = _ext_modules()
-cmdclass.update(build_py=BuildPyWithPth, develop=DevelopWithPth)
+cmdclass['build_py'] = BuildPyWithPth
 if EditableWheelWithPth is not None:
     cmdclass['editable_wheel'] = EditableWheelWithPth
 
