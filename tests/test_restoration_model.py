@@ -74,10 +74,15 @@ def test_train_pipeline_writes_losses_lr_metrics_images(tmp_path, monkeypatch):
     handler.emit = lambda r: records.append(r.getMessage())
     basicsr_logger = logging.getLogger('basicsr')
     basicsr_logger.addHandler(handler)
+    # basicsr's get_root_logger configures the logger once per process (first caller wins): an
+    # earlier in-process test may have left it at WARNING, which would hide the INFO lines.
+    old_level = basicsr_logger.level
+    basicsr_logger.setLevel(logging.INFO)
     try:
         train_pipeline(str(tmp_path))
     finally:
         basicsr_logger.removeHandler(handler)
+        basicsr_logger.setLevel(old_level)
 
     tags = _events(tmp_path / 'tb_logger' / 'tbcheck')
     assert 'losses/l_pix' in tags['scalars']
