@@ -19,11 +19,12 @@ Example: python datasets/folder_to_lmdb.py datasets/data/ffhq256 datasets/data/f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import os.path as osp
 import shutil
 import sys
-from typing import List, Tuple
+from typing import Iterator, List, Tuple
 
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
@@ -99,17 +100,13 @@ def folder_to_lmdb(folder: str, lmdb_path: str, overwrite: bool = False, compres
     _remove_stale_temps(lmdb_path)
     tmp = osp.join(parent, f'.{osp.basename(lmdb_path)}.tmp-{os.getpid()}.lmdb')
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with built_atomically(tmp, lmdb_path):  # also on SystemExit from basicsr and KeyboardInterrupt
         make_lmdb_from_imgs(folder, tmp, rel_paths, keys, compress_level=compress_level, map_size=map_size)
         env = lmdb.open(tmp, readonly=True, lock=False)
         count = env.stat()['entries']
         env.close()
         if count != len(keys):
             raise RuntimeError(f'{lmdb_path}: wrote {count} entries, expected {len(keys)}')
-        swap_into_place(tmp, lmdb_path)
-    except BaseException:  # includes SystemExit from basicsr and KeyboardInterrupt
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return len(keys), lmdb_path
 
 
@@ -123,6 +120,18 @@ def swap_into_place(tmp: str, out: str) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(tmp, out)
+
+
+@contextlib.contextmanager
+def built_atomically(tmp: str, out: str) -> Iterator[None]:
+    """Run the body that fills the folder `tmp`; then swap it into `out`. On any failure
+    (KeyboardInterrupt and basicsr's sys.exit included) `tmp` is removed and `out` is untouched."""
+    try:
+        yield
+        swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def main(argv=None) -> int:

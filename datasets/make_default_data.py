@@ -29,7 +29,7 @@ from typing import Dict, List, Optional
 
 HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, HERE)
-from folder_to_lmdb import folder_to_lmdb, swap_into_place  # noqa: E402
+from folder_to_lmdb import built_atomically, folder_to_lmdb  # noqa: E402
 
 FORMAT_VERSION = 1
 TRAIN_PHOTOS = {  # name -> file inside skimage/data
@@ -169,7 +169,7 @@ def build(out: str, short_side: int = 512, sub_size: int = 384, sub_step: int = 
     os.makedirs(parent, exist_ok=True)
     tmp = osp.join(parent, f'.{osp.basename(out)}.tmp-{os.getpid()}')
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with built_atomically(tmp, out):
         files = {'train': make_train(osp.join(tmp, 'train'), short_side, sub_size, sub_step),
                  'val': make_val(osp.join(tmp, 'val'), val_size)}
         for split in ('train', 'val'):
@@ -179,10 +179,6 @@ def build(out: str, short_side: int = 512, sub_size: int = 384, sub_step: int = 
         record = {'settings': settings, 'files': files}
         with open(osp.join(tmp, '.complete.json'), 'w') as f:
             json.dump(record, f, indent=1)
-        swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return record
 
 

@@ -26,7 +26,7 @@ import sys
 from typing import Any, Dict
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from folder_to_lmdb import swap_into_place  # noqa: E402
+from folder_to_lmdb import built_atomically  # noqa: E402
 
 
 def _write(path: str, img, bit_depth: int) -> None:
@@ -62,7 +62,7 @@ def make_pairs(gt_folder: str, out: str, options: Dict[str, Any], seed: int = 0,
         'size_multiple': dataset.multiple, 'degradation': describe(dataset.degradation.cfg),
         'border': 'BORDER_REFLECT_101 (true convolution)', 'images': {}}
     kernels = {}
-    try:
+    with built_atomically(tmp, out):
         for i in range(len(dataset)):  # the same steps as DegradationDataset.__getitem__ (phase test)
             key, name = dataset.keys[i], f'{dataset.keys[i]}.png'
             rng = dataset.rng_for(i)
@@ -75,10 +75,6 @@ def make_pairs(gt_folder: str, out: str, options: Dict[str, Any], seed: int = 0,
         np.savez_compressed(osp.join(tmp, 'kernels.npz'), **kernels)
         with open(osp.join(tmp, 'degradation.json'), 'w') as f:
             json.dump(record, f, indent=1)
-        swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return record
 
 
