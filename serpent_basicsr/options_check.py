@@ -112,9 +112,5 @@ def check_options(opt: Dict[str, Any], path: str, is_train: bool) -> None:
             _check_type(value, LOSS_REGISTRY, f'train.{key}', path)
     metrics = (opt.get('val') or {}).get('metrics') or {}
     for key, value in metrics.items():
-        if isinstance(value, dict) and value.get('type') not in _EXTRA_METRICS:
+        if isinstance(value, dict):
             _check_type(value, METRIC_REGISTRY, f'val.metrics.{key}', path)
-
-
-# Metric types handled by our own models rather than BasicSR's METRIC_REGISTRY.
-_EXTRA_METRICS = {'lpips', 'calculate_lpips'}
