@@ -24,6 +24,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+# The same blur and kernel as the datasets, so the baseline sees exactly their degradation.
+from serpent_basicsr.data.degradations import blur, gaussian_kernel as _dataset_gaussian_kernel
+
 BALANCES: Tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 DEFAULT_METRICS: Dict[str, Dict[str, Any]] = {
     'psnr': dict(type='calculate_psnr', crop_border=0, test_y_channel=False),
@@ -32,20 +35,10 @@ DEFAULT_METRICS: Dict[str, Dict[str, Any]] = {
 
 
 def gaussian_kernel(kernel_size: int = 61, sigma: float = 3.0) -> np.ndarray:
-    """Isotropic Gaussian kernel (BasicSR's bivariate_Gaussian), summing to 1."""
-    from basicsr.data.degradations import bivariate_Gaussian
-
+    """Isotropic Gaussian kernel summing to 1: the dataset's own (serpent_basicsr.data.degradations)."""
     if kernel_size % 2 != 1 or sigma <= 0:
         raise ValueError(f'kernel_size must be odd and sigma > 0, got {kernel_size}, {sigma}')
-    k = bivariate_Gaussian(kernel_size, sigma, sigma, 0, isotropic=True).astype(np.float64)
-    return k / k.sum()
-
-
-def blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Blur float HWC (or HW) image with `kernel`, reflecting at the borders (cv2.filter2D)."""
-    import cv2
-
-    return cv2.filter2D(np.asarray(img, np.float64), -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+    return _dataset_gaussian_kernel(kernel_size, sigma).astype(np.float64)
 
 
 def deconvolve(img: np.ndarray, kernel: np.ndarray, method: str = 'wiener', balance: float = 3e-4,
@@ -177,8 +170,8 @@ def _kernel_of(pair: Pair, default: Optional[np.ndarray]) -> np.ndarray:
 def kernel_from_dataset_opt(dataset_opt: Dict[str, Any]) -> np.ndarray:
     """The known blur kernel of a GaussianDeblurDataset-style option (sizes/sigma keys as used
     by serpent_basicsr.data.gaussian_deblur_dataset; defaults 61 / 3.0)."""
-    size = dataset_opt.get('kernel_size', dataset_opt.get('blur_kernel_size', 61))
-    sigma = dataset_opt.get('sigma', dataset_opt.get('blur_sigma', 3.0))
+    size = dataset_opt.get('kernel_size', 61)
+    sigma = dataset_opt.get('sigma', 3.0)
     if isinstance(sigma, (list, tuple)):
         if len(set(sigma)) != 1:
             raise ValueError(f'the classical baseline needs one known kernel; the dataset samples sigma from {sigma}')
