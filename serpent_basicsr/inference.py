@@ -148,13 +148,11 @@ def _ramp(n: int, inner_start: bool, inner_end: bool, overlap: int, like):
 
 
 def _run_padded(net, x, multiple: int):
-    import torch.nn.functional as F
+    # Serpent's own padding rule (bottom/right reflection, repeated when the pad exceeds the size).
+    from serpent_basicsr.archs.serpent_arch import pad_to_multiple
 
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        mode = 'reflect' if ph < h and pw < w else 'replicate'
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    x = pad_to_multiple(x, multiple)
     y = net(x)
     if y.shape[-1] % x.shape[-1] or y.shape[-2] % x.shape[-2]:
         raise ValueError(f'network output {tuple(y.shape[-2:])} is not an integer multiple of its input '
