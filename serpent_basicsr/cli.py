@@ -39,9 +39,8 @@ def version_text() -> str:
     import torch
 
     from . import __version__, ops
-    summary = ops.backend_summary() if hasattr(ops, 'backend_summary') else ', '.join(ops.available_backends())
     return (f'serpent-basicsr {__version__}\nbasicsr {basicsr.__version__}\ntorch {torch.__version__}'
-            f'\nscan backend: {summary}')
+            f'\nscan backend: {ops.backend_summary()}')
 
 
 def _fail(message: str) -> int:
