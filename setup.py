@@ -34,8 +34,9 @@ def _ext_modules():
         print('serpent-basicsr: torch not importable, skipping the CPU scan kernel', file=sys.stderr)
         return [], {}
     args = ['-O3', '-fopenmp', '-std=c++20']
+    headers = sorted(str(p.relative_to(HERE)) for p in (HERE / 'serpent_basicsr/ops/csrc').glob('*.h'))
     ext = CppExtension('serpent_basicsr.ops._scan_cpu', sources, extra_compile_args=args,
-                       extra_link_args=['-fopenmp'])
+                       extra_link_args=['-fopenmp'], depends=headers)
 
     class OptionalBuildExtension(BuildExtension):
         def build_extensions(self):

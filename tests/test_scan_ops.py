@@ -128,6 +128,35 @@ def test_float32_close_to_float64_reference(backend):
         assert err <= 2e-5 * max(scale, 1.0), f'{backend} {key}: max err {err:.3g} (scale {scale:.3g})'
 
 
+@pytest.mark.parametrize('backend', CPU_BACKENDS)
+@pytest.mark.parametrize('delta_max', [1.0, 60.0])
+def test_float32_decay_range_matches_float64(backend, delta_max):
+    """delta * A within float exp's easy range, and far outside it (the cpu kernel clamps only then)."""
+    g = torch.Generator().manual_seed(12)
+    dim, n, length = 4, 16, 200
+    u = torch.randn(1, dim, length, generator=g, dtype=torch.float64)
+    delta = torch.rand(1, dim, length, generator=g, dtype=torch.float64) * delta_max  # |delta A| up to 480
+    A = (-torch.linspace(0.05, 8.0, n, dtype=torch.float64)).repeat(dim, 1)
+    B = torch.randn(1, 1, n, length, generator=g, dtype=torch.float64)
+    C = torch.randn(1, 1, n, length, generator=g, dtype=torch.float64)
+    want = selective_scan_ref(u, delta, A, B, C)
+    got = selective_scan(*(t.float() for t in (u, delta, A, B, C)), backend=backend)
+    err = (got.double() - want).abs().max().item()
+    assert err <= 2e-5 * max(want.abs().max().item(), 1.0), f'{backend}: max err {err:.3g}'
+
+
+@pytest.mark.parametrize('backend', CPU_BACKENDS)
+def test_nan_in_delta_propagates(backend):
+    """A NaN is never clamped or rounded into a finite number (the reference gives NaN from there on)."""
+    inputs = make_inputs(13, batch=1, dim=4, n=16, length=80, groups=1, dtype=torch.float32)
+    x = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    x['delta'][0, 1, 30] = float('nan')
+    y = selective_scan(**x, backend=backend)
+    want = selective_scan_ref(**x)
+    assert torch.equal(torch.isnan(y), torch.isnan(want)), backend
+    assert torch.isnan(y[0, 1, 30:]).all() and not torch.isnan(y[0, 0]).any()
+
+
 @pytest.mark.parametrize('backend', CPU_BACKENDS + ['ref'])
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 def test_low_precision_inputs(backend, dtype):

@@ -17,11 +17,17 @@
 // (kChunk, Np) accumulator per chunk, written to its own slice of a (P, batch, G, N, L) buffer
 // (P = channel blocks per group), summed over P at the end when P > 1.
 //
-// SIMD: the hot loops use GCC vector extensions (32-byte vectors), so one template body compiles to
-// AVX2+FMA code inside functions marked target("avx2,fma") and to SSE2 code in the default build;
-// the choice is made at run time (no -march=native needed). float uses a polynomial exp
-// (Cody-Waite reduction, rel. error ~1e-7) that vectorises; double calls std::exp per lane
-// (float64 is the exact-test path, not a speed path).
+// Per channel and chunk the state recursion runs in passes (selective_scan_cpu_kernels.h):
+// the decays exp(dt A) of all steps first (independent, so the core overlaps them), then the
+// recursion itself with one FMA per state vector on its critical path, then the sums over the state
+// for W steps at once (a transpose-add instead of a horizontal sum per step). The next channel's
+// u/delta/z/y slices are prefetched (L floats apart: the hardware prefetcher misses them).
+//
+// SIMD: the kernels use GCC vector extensions (32-byte vectors) and live in
+// selective_scan_cpu_kernels.h, compiled twice: SSE2 (namespace generic) and AVX2+FMA (namespace
+// avx2, `#pragma GCC target`); the choice is made at run time (no -march=native needed). float uses
+// polynomial exps that vectorise (the decay in base 2 with A pre-scaled by log2(e), rel. error
+// ~2e-7); double calls std::exp per lane (float64 is the exact-test path, not a speed path).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -52,72 +58,15 @@ template <> struct VecT<double> { typedef vd type; static constexpr int lanes = 
 
 template <typename V, typename T> SS_INLINE V vload(const T* p) { V v; std::memcpy(&v, p, sizeof(V)); return v; }
 template <typename V, typename T> SS_INLINE void vstore(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
-template <typename V, typename T> SS_INLINE V vsplat(T x) { return V{} + x; }
-
-SS_INLINE float hsum(vf v) {
-  v += __builtin_shuffle(v, vi32{4, 5, 6, 7, 0, 1, 2, 3});
-  v += __builtin_shuffle(v, vi32{2, 3, 0, 1, 6, 7, 4, 5});
-  v += __builtin_shuffle(v, vi32{1, 0, 3, 2, 5, 4, 7, 6});
-  return v[0];
-}
-SS_INLINE double hsum(vd v) {
-  v += __builtin_shuffle(v, vi64{2, 3, 0, 1});
-  v += __builtin_shuffle(v, vi64{1, 0, 3, 2});
-  return v[0];
+template <typename V, typename T> SS_INLINE V vsplat(T x) {  // (`V{} + x` would add 0.0 first)
+  V v;
+  for (unsigned i = 0; i < sizeof(V) / sizeof(T); ++i) v[i] = x;
+  return v;
 }
 
-// exp for float lanes: x clamped to [-87, 88] (result stays a normal float), k = round(x / ln2)
-// by the 1.5 * 2^23 trick, r = x - k ln2 in two parts, exp(r) by a degree-7 polynomial
-// (cephes-style coefficients), times 2^k built in the exponent bits.
-SS_INLINE vf vexp(vf x) {
-  x = x > -87.0f ? x : vsplat<vf>(-87.0f);  // the a > b ? a : b form compiles to vmaxps / vminps
-  x = x < 88.0f ? x : vsplat<vf>(88.0f);
-  const vf magic = vsplat<vf>(12582912.0f);
-  vf k = x * 1.44269504088896341f + magic;
-  vf kf = k - magic;
-  vf r = x - kf * 0.693359375f;
-  r = r - kf * -2.12194440e-4f;
-  vf p = vsplat<vf>(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  vu32 bits = ((vu32)k << 23) + (127u << 23);
-  return p * (vf)bits;
-}
-SS_INLINE vd vexp(vd x) {
-  vd r;
-  for (int i = 0; i < 4; ++i) r[i] = std::exp(x[i]);
-  return r;
-}
-
-// softplus with torch's threshold (x > 20 -> x). float: max(x, 0) + log1p(exp(-|x|)), with
-// log1p(e) = 2 atanh(e / (2 + e)) by its series (e in (0, 1], so s <= 1/3): no cancellation for
-// tiny e. double: log1p(exp(x)) exactly as torch computes it.
-SS_INLINE vf vsoftplus(vf x) {
-  vf ax = x < 0.0f ? -x : x;
-  vf e = vexp(-ax);
-  vf s = e / (e + 2.0f);
-  vf s2 = s * s;
-  vf q = vsplat<vf>(1.0f / 13.0f);
-  q = q * s2 + 1.0f / 11.0f;
-  q = q * s2 + 1.0f / 9.0f;
-  q = q * s2 + 1.0f / 7.0f;
-  q = q * s2 + 1.0f / 5.0f;
-  q = q * s2 + 1.0f / 3.0f;
-  q = q * s2 + 1.0f;
-  vf sp = (x > 0.0f ? x : vsplat<vf>(0.0f)) + 2.0f * s * q;
-  return x > 20.0f ? x : sp;
-}
-SS_INLINE vd vsoftplus(vd x) {
-  vd r;
-  for (int i = 0; i < 4; ++i) r[i] = x[i] > 20.0 ? x[i] : std::log1p(std::exp(x[i]));
-  return r;
-}
-SS_INLINE vd vsigmoid(vd x) { return 1.0 / (1.0 + vexp(-x)); }
-SS_INLINE vf vsigmoid(vf x) { return 1.0f / (1.0f + vexp(-x)); }
+// The decay exp(delta * A) is computed in base 2 in float: A is pre-scaled by log2(e).
+template <typename T> constexpr T kDecayScale = T(1);
+template <> constexpr float kDecayScale<float> = 1.44269504088896341f;
 
 template <typename T> struct Args {
   // inputs
@@ -136,267 +85,26 @@ template <typename T> struct Args {
   bool softplus;
 };
 
-// Copies rows [t0, t0 + T) of a (N, L) matrix into a (kChunk, Np) buffer, zero-padded.
-template <typename T>
-SS_INLINE void load_chunk_T(const T* src, int64_t L, int64_t N, int64_t Np, int64_t t0, int nt, T* dst) {
-  std::fill(dst, dst + kChunk * Np, T(0));
-  for (int64_t n = 0; n < N; ++n) {
-    const T* s = src + n * L + t0;
-    for (int t = 0; t < nt; ++t) dst[t * Np + n] = s[t];
-  }
-}
+namespace generic {
+#define SS_AVX2 0
+#include "selective_scan_cpu_kernels.h"
+#undef SS_AVX2
+}  // namespace generic
 
-// Per-chunk scalar prologue, vectorised over time: dt = softplus(delta + bias), bu = dt * u.
-template <typename T>
-SS_INLINE void chunk_prologue(const Args<T>& a, int64_t bd, int64_t d, int64_t t0, int nt,
-                              T* dtb, T* ub, T* bub, T* xb) {
-  typedef typename VecT<T>::type V;
-  constexpr int W = VecT<T>::lanes;
-  const T* dl = a.delta + bd * a.L + t0;
-  const T* uu = a.u + bd * a.L + t0;
-  const T bias = a.bias ? a.bias[d] : T(0);
-  for (int t = 0; t < nt; ++t) { xb[t] = dl[t] + bias; ub[t] = uu[t]; }
-  for (int t = nt; t < kChunk; ++t) { xb[t] = 0; ub[t] = 0; }
-  for (int t = 0; t < kChunk; t += W) {
-    V x = vload<V>(xb + t);
-    V dt = a.softplus ? vsoftplus(x) : x;
-    vstore(dtb + t, dt);
-    vstore(bub + t, dt * vload<V>(ub + t));
-  }
-}
-
-template <typename T, int NB>
-SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
-  typedef typename VecT<T>::type V;
-  constexpr int W = VecT<T>::lanes;
-  const int64_t nblk = a.P;
-  const int64_t blk = task % nblk, bg = task / nblk, g = bg % a.G, b = bg / a.G;
-  const int64_t per = (a.cpg + nblk - 1) / nblk;
-  const int64_t c_lo = g * a.cpg + std::min(a.cpg, blk * per), c_hi = g * a.cpg + std::min(a.cpg, (blk + 1) * per);
-  const int64_t nch = c_hi - c_lo;
-  if (nch <= 0) return;
-  const int nb = NB > 0 ? NB : int(a.Np / W);
-  const int64_t Np = a.Np;
-
-  std::vector<T> bufB(kChunk * Np), bufC(kChunk * Np), hs(nch * Np, T(0)), Ap(nch * Np, T(0));
-  alignas(64) T dtb[kChunk], ub[kChunk], bub[kChunk], xb[kChunk], yb[kChunk];
-  for (int64_t i = 0; i < nch; ++i)
-    for (int64_t n = 0; n < a.N; ++n) Ap[i * Np + n] = a.A[(c_lo + i) * a.N + n];
-  const T* Bsrc = a.B + (b * a.G + g) * a.N * a.L;
-  const T* Csrc = a.C + (b * a.G + g) * a.N * a.L;
-
-  for (int64_t c = 0; c < a.nchunks; ++c) {
-    const int64_t t0 = c * kChunk;
-    const int T_ = int(std::min<int64_t>(kChunk, a.L - t0));
-    load_chunk_T(Bsrc, a.L, a.N, Np, t0, T_, bufB.data());
-    load_chunk_T(Csrc, a.L, a.N, Np, t0, T_, bufC.data());
-    for (int64_t i = 0; i < nch; ++i) {
-      const int64_t d = c_lo + i, bd = b * a.dim + d;
-      chunk_prologue(a, bd, d, t0, T_, dtb, ub, bub, xb);
-      V h[NB > 0 ? NB : kMaxNB], Av[NB > 0 ? NB : kMaxNB];
-      for (int j = 0; j < nb; ++j) {
-        h[j] = vload<V>(&hs[i * Np + j * W]);
-        Av[j] = vload<V>(&Ap[i * Np + j * W]);
-      }
-      if (a.ckpt) {
-        T* ck = a.ckpt + (bd * a.nchunks + c) * Np;
-        for (int j = 0; j < nb; ++j) vstore(ck + j * W, h[j]);
-      }
-      for (int t = 0; t < T_; ++t) {
-        const V dtv = vsplat<V>(dtb[t]), buv = vsplat<V>(bub[t]);
-        const T* Br = &bufB[t * Np];
-        const T* Cr = &bufC[t * Np];
-        V acc = V{};
-        for (int j = 0; j < nb; ++j) {
-          h[j] = vexp(dtv * Av[j]) * h[j] + buv * vload<V>(Br + j * W);
-          acc += h[j] * vload<V>(Cr + j * W);
-        }
-        yb[t] = hsum(acc);
-      }
-      for (int j = 0; j < nb; ++j) vstore(&hs[i * Np + j * W], h[j]);
-      // epilogue: D skip and z gating, vectorised over time
-      for (int t = T_; t < kChunk; ++t) yb[t] = 0;
-      const T Dd = a.D ? a.D[d] : T(0);
-      T* yo = a.y + bd * a.L + t0;
-      if (a.z) {
-        const T* zz = a.z + bd * a.L + t0;
-        alignas(64) T zb[kChunk];
-        for (int t = 0; t < T_; ++t) zb[t] = zz[t];
-        for (int t = T_; t < kChunk; ++t) zb[t] = 0;
-        for (int t = 0; t < kChunk; t += W) {
-          V zv = vload<V>(zb + t);
-          V yv = vload<V>(yb + t) + Dd * vload<V>(ub + t);
-          vstore(yb + t, yv * zv * vsigmoid(zv));
-        }
-      } else if (a.D) {
-        for (int t = 0; t < kChunk; t += W) vstore(yb + t, vload<V>(yb + t) + Dd * vload<V>(ub + t));
-      }
-      std::memcpy(yo, yb, sizeof(T) * T_);
-    }
-  }
-  if (a.last)
-    for (int64_t i = 0; i < nch; ++i)
-      std::memcpy(a.last + (b * a.dim + c_lo + i) * a.N, &hs[i * Np], sizeof(T) * a.N);
-}
-
-template <typename T, int NB>
-SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
-  typedef typename VecT<T>::type V;
-  constexpr int W = VecT<T>::lanes;
-  constexpr int NBc = NB > 0 ? NB : kMaxNB;
-  const int64_t nblk = a.P;
-  const int64_t blk = task % nblk, bg = task / nblk, g = bg % a.G, b = bg / a.G;
-  const int64_t per = (a.cpg + nblk - 1) / nblk;
-  const int64_t c_lo = g * a.cpg + std::min(a.cpg, blk * per), c_hi = g * a.cpg + std::min(a.cpg, (blk + 1) * per);
-  const int64_t nch = c_hi - c_lo;
-  const int nb = NB > 0 ? NB : int(a.Np / W);
-  const int64_t Np = a.Np, N = a.N, L = a.L;
-  T* dBo = a.dB_part + ((blk * a.batch + b) * a.G + g) * N * L;
-  T* dCo = a.dC_part + ((blk * a.batch + b) * a.G + g) * N * L;
-  if (nch <= 0) {  // an empty block still owns its slice of the partial sums
-    std::fill(dBo, dBo + N * L, T(0));
-    std::fill(dCo, dCo + N * L, T(0));
-    return;
-  }
-
-  std::vector<T> bufB(kChunk * Np), bufC(kChunk * Np), bufdB(kChunk * Np), bufdC(kChunk * Np);
-  std::vector<T> Hbuf((kChunk + 1) * Np), Abuf(kChunk * Np);
-  std::vector<T> rs(nch * Np, T(0)), dAs(nch * Np, T(0)), Ap(nch * Np, T(0));
-  std::vector<T> dDs(nch, T(0)), dbs(nch, T(0));
-  alignas(64) T dtb[kChunk], ub[kChunk], bub[kChunk], xb[kChunk], y0b[kChunk], dyb[kChunk],
-      dub[kChunk], ddtb[kChunk], zb[kChunk];
-  for (int64_t i = 0; i < nch; ++i) {
-    const int64_t d = c_lo + i;
-    for (int64_t n = 0; n < N; ++n) {
-      Ap[i * Np + n] = a.A[d * N + n];
-      if (a.dlast) rs[i * Np + n] = a.dlast[(b * a.dim + d) * N + n];
-    }
-  }
-  const T* Bsrc = a.B + (b * a.G + g) * N * L;
-  const T* Csrc = a.C + (b * a.G + g) * N * L;
-
-  for (int64_t c = a.nchunks - 1; c >= 0; --c) {
-    const int64_t t0 = c * kChunk;
-    const int T_ = int(std::min<int64_t>(kChunk, L - t0));
-    load_chunk_T(Bsrc, L, N, Np, t0, T_, bufB.data());
-    load_chunk_T(Csrc, L, N, Np, t0, T_, bufC.data());
-    std::fill(bufdB.begin(), bufdB.end(), T(0));
-    std::fill(bufdC.begin(), bufdC.end(), T(0));
-    for (int64_t i = 0; i < nch; ++i) {
-      const int64_t d = c_lo + i, bd = b * a.dim + d;
-      chunk_prologue(a, bd, d, t0, T_, dtb, ub, bub, xb);
-      V Av[NBc], h[NBc];
-      const T* ck = a.ckpt + (bd * a.nchunks + c) * Np;
-      for (int j = 0; j < nb; ++j) {
-        Av[j] = vload<V>(&Ap[i * Np + j * W]);
-        h[j] = vload<V>(ck + j * W);
-        vstore(&Hbuf[j * W], h[j]);
-      }
-      // recompute the chunk's states (bit-identical to the forward) and decays
-      for (int t = 0; t < T_; ++t) {
-        const V dtv = vsplat<V>(dtb[t]), buv = vsplat<V>(bub[t]);
-        const T* Br = &bufB[t * Np];
-        const T* Cr = &bufC[t * Np];
-        V acc = V{};
-        for (int j = 0; j < nb; ++j) {
-          const V av = vexp(dtv * Av[j]);
-          h[j] = av * h[j] + buv * vload<V>(Br + j * W);
-          vstore(&Abuf[t * Np + j * W], av);
-          vstore(&Hbuf[(t + 1) * Np + j * W], h[j]);
-          if (a.z) acc += h[j] * vload<V>(Cr + j * W);
-        }
-        if (a.z) y0b[t] = hsum(acc);
-      }
-      // gradient reaching the scan output (before D skip and gating)
-      const T* dout = a.dout + bd * L + t0;
-      const T Dd = a.D ? a.D[d] : T(0);
-      for (int t = 0; t < T_; ++t) dyb[t] = dout[t];
-      for (int t = T_; t < kChunk; ++t) { dyb[t] = 0; y0b[t] = 0; zb[t] = 0; }
-      if (a.z) {
-        const T* zz = a.z + bd * L + t0;
-        for (int t = 0; t < T_; ++t) zb[t] = zz[t];
-        T* dzo = a.dz + bd * L + t0;
-        alignas(64) T dzb[kChunk];
-        for (int t = 0; t < kChunk; t += W) {
-          const V zv = vload<V>(zb + t), sg = vsigmoid(zv), dov = vload<V>(dyb + t);
-          const V yD = vload<V>(y0b + t) + Dd * vload<V>(ub + t);
-          vstore(dzb + t, dov * yD * sg * (T(1) + zv * (T(1) - sg)));
-          vstore(dyb + t, dov * zv * sg);
-        }
-        std::memcpy(dzo, dzb, sizeof(T) * T_);
-      }
-      // adjoint recursion backwards in time
-      V r[NBc], dA[NBc];
-      for (int j = 0; j < nb; ++j) {
-        r[j] = vload<V>(&rs[i * Np + j * W]);
-        dA[j] = vload<V>(&dAs[i * Np + j * W]);
-      }
-      for (int t = T_ - 1; t >= 0; --t) {
-        const V dyv = vsplat<V>(dyb[t]), buv = vsplat<V>(bub[t]), dtv = vsplat<V>(dtb[t]);
-        const T* Br = &bufB[t * Np];
-        const T* Cr = &bufC[t * Np];
-        T* dBr = &bufdB[t * Np];
-        T* dCr = &bufdC[t * Np];
-        const T* Hn = &Hbuf[(t + 1) * Np];
-        const T* Hp = &Hbuf[t * Np];
-        const T* Ar = &Abuf[t * Np];
-        V s1 = V{}, s2 = V{};
-        for (int j = 0; j < nb; ++j) {
-          const V Bv = vload<V>(Br + j * W);
-          const V gv = r[j] + dyv * vload<V>(Cr + j * W);
-          vstore(dCr + j * W, vload<V>(dCr + j * W) + dyv * vload<V>(Hn + j * W));
-          vstore(dBr + j * W, vload<V>(dBr + j * W) + gv * buv);
-          s1 += gv * Bv;
-          r[j] = vload<V>(Ar + j * W) * gv;          // a_t * g_t: carried to t - 1
-          const V w = r[j] * vload<V>(Hp + j * W);   // g_t * a_t * h_{t-1}
-          s2 += w * Av[j];
-          dA[j] += w * dtv;
-        }
-        const T S1 = hsum(s1), S2 = hsum(s2);
-        dub[t] = dtb[t] * S1 + Dd * dyb[t];
-        ddtb[t] = S2 + ub[t] * S1;
-      }
-      for (int j = 0; j < nb; ++j) {
-        vstore(&rs[i * Np + j * W], r[j]);
-        vstore(&dAs[i * Np + j * W], dA[j]);
-      }
-      // delta gradient through softplus; dD and d(bias) sums
-      for (int t = T_; t < kChunk; ++t) { dub[t] = 0; ddtb[t] = 0; }
-      T dD = 0, db = 0;
-      for (int t = 0; t < T_; ++t) dD += dyb[t] * ub[t];
-      if (a.softplus) {
-        for (int t = 0; t < kChunk; t += W) {
-          const V x = vload<V>(xb + t);
-          const V s = vsigmoid(x);
-          vstore(ddtb + t, vload<V>(ddtb + t) * (x > T(20) ? vsplat<V>(T(1)) : s));
-        }
-      }
-      for (int t = 0; t < T_; ++t) db += ddtb[t];
-      dDs[i] += dD;
-      dbs[i] += db;
-      std::memcpy(a.du + bd * L + t0, dub, sizeof(T) * T_);
-      std::memcpy(a.ddelta + bd * L + t0, ddtb, sizeof(T) * T_);
-    }
-    // this task's share of dB/dC for the chunk, back to (N, L) layout
-    for (int64_t n = 0; n < N; ++n)
-      for (int t = 0; t < T_; ++t) {
-        dBo[n * L + t0 + t] = bufdB[t * Np + n];
-        dCo[n * L + t0 + t] = bufdC[t * Np + n];
-      }
-  }
-  for (int64_t i = 0; i < nch; ++i) {
-    const int64_t bd = b * a.dim + c_lo + i;
-    std::memcpy(a.dA_part + bd * N, &dAs[i * Np], sizeof(T) * N);
-    a.dD_part[bd] = dDs[i];
-    a.dbias_part[bd] = dbs[i];
-  }
-}
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+#define SS_AVX2 1
+#include "selective_scan_cpu_kernels.h"
+#undef SS_AVX2
+}  // namespace avx2
+#pragma GCC pop_options
 
 // ---- ISA dispatch ---------------------------------------------------------------------------
-template <typename T, int NB> __attribute__((target("avx2,fma"))) void fwd_avx2(const Args<T>& a, int64_t t) { fwd_task<T, NB>(a, t); }
-template <typename T, int NB> __attribute__((target("avx2,fma"))) void bwd_avx2(const Args<T>& a, int64_t t) { bwd_task<T, NB>(a, t); }
-template <typename T, int NB> void fwd_generic(const Args<T>& a, int64_t t) { fwd_task<T, NB>(a, t); }
-template <typename T, int NB> void bwd_generic(const Args<T>& a, int64_t t) { bwd_task<T, NB>(a, t); }
+template <typename T, int NB> __attribute__((target("avx2,fma"))) void fwd_avx2(const Args<T>& a, int64_t t) { avx2::fwd_task<T, NB>(a, t); }
+template <typename T, int NB> __attribute__((target("avx2,fma"))) void bwd_avx2(const Args<T>& a, int64_t t) { avx2::bwd_task<T, NB>(a, t); }
+template <typename T, int NB> void fwd_generic(const Args<T>& a, int64_t t) { generic::fwd_task<T, NB>(a, t); }
+template <typename T, int NB> void bwd_generic(const Args<T>& a, int64_t t) { generic::bwd_task<T, NB>(a, t); }
 
 template <typename T> using TaskFn = void (*)(const Args<T>&, int64_t);
 

@@ -1,0 +1,502 @@
+// Selective scan kernels, included twice by selective_scan_cpu.cpp: once in namespace `generic`
+// (portable SSE2 code) and once in namespace `avx2` under `#pragma GCC target("avx2,fma")`, so the
+// same source compiles to both instruction sets and the choice is made at run time. SS_AVX2 tells
+// which. No include guard (on purpose) and no #include: everything it needs comes from the .cpp.
+
+// max / min: GCC compiles the `a > b ? a : b` form to compare + blend; the AVX2 build uses vmaxps.
+// Like vmaxps / vminps, a NaN in either operand returns the second: put x second to keep NaN.
+#if SS_AVX2
+SS_INLINE vf vmax(vf a, vf b) { return __builtin_ia32_maxps256(a, b); }
+SS_INLINE vf vmin(vf a, vf b) { return __builtin_ia32_minps256(a, b); }
+#else
+SS_INLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
+SS_INLINE vf vmin(vf a, vf b) { return a < b ? a : b; }
+#endif
+
+// The elementwise math below works on K vectors at once, one statement for all K before the next
+// (`for (int i = 0; i < K; ++i)` loops the compiler unrolls): the K dependency chains are then
+// interleaved in program order and the out-of-order core overlaps them, where one long chain per
+// vector (an exp is ~40 cycles of latency) would leave the FP units idle.
+#define SS_EACH for (int i = 0; i < K; ++i)
+
+// exp for float lanes: x clamped to [-87, 88] (result stays a normal float), k = round(x / ln2)
+// by the 1.5 * 2^23 trick, r = x - k ln2 in two parts, exp(r) by a degree-7 polynomial
+// (cephes-style coefficients), times 2^k built in the exponent bits. Used off the hot loop
+// (softplus, sigmoid).
+template <int K> SS_INLINE void vexp_k(vf* x) {
+  const vf magic = vsplat<vf>(12582912.0f);
+  vf k[K], r[K], p[K];
+  SS_EACH x[i] = vmin(vsplat<vf>(88.0f), vmax(vsplat<vf>(-87.0f), x[i]));
+  SS_EACH k[i] = x[i] * 1.44269504088896341f + magic;
+  SS_EACH r[i] = x[i] - (k[i] - magic) * 0.693359375f;
+  SS_EACH r[i] = r[i] - (k[i] - magic) * -2.12194440e-4f;
+  SS_EACH p[i] = 1.9875691500e-4f * r[i] + 1.3981999507e-3f;
+  SS_EACH p[i] = p[i] * r[i] + 8.3334519073e-3f;
+  SS_EACH p[i] = p[i] * r[i] + 4.1665795894e-2f;
+  SS_EACH p[i] = p[i] * r[i] + 1.6666665459e-1f;
+  SS_EACH p[i] = p[i] * r[i] + 5.0000001201e-1f;
+  SS_EACH p[i] = p[i] * (r[i] * r[i]) + r[i] + 1.0f;
+  SS_EACH x[i] = p[i] * (vf)(((vu32)k[i] << 23) + (127u << 23));
+}
+template <int K> SS_INLINE void vexp_k(vd* x) {
+  SS_EACH for (int l = 0; l < 4; ++l) x[i][l] = std::exp(x[i][l]);
+}
+
+// The decay exp(delta * A) of the hot loop. float: A is pre-scaled by log2(e) (kDecayScale), so the
+// argument y is already in base 2: 2^y = 2^round(y) * 2^f with f = y - round(y) in [-1/2, 1/2]
+// exact, 2^f by a degree-5 minimax polynomial (rel. error 7e-8, ~2e-7 after float rounding).
+// Adding 1.5 * 2^23 rounds y and leaves round(y) in the low mantissa bits (two's complement, mod
+// 2^23), so adding them shifted into the exponent field multiplies by 2^round(y). That is exact
+// while y is in [-126, 127]; kClamp clamps y there first (NaN stays NaN), otherwise the caller has
+// checked the range. double: std::exp (the exact path).
+template <int K, bool kClamp> SS_INLINE void vdecay_k(vf* y) {
+  const vf magic = vsplat<vf>(12582912.0f);  // 1.5 * 2^23
+  vf k[K], f[K], p[K];
+  if (kClamp) SS_EACH y[i] = vmin(vsplat<vf>(127.0f), vmax(vsplat<vf>(-126.0f), y[i]));
+  SS_EACH k[i] = y[i] + magic;
+  SS_EACH f[i] = y[i] - (k[i] - magic);
+  SS_EACH p[i] = 1.327645848505199e-3f * f[i] + 9.675540961325169e-3f;
+  SS_EACH p[i] = p[i] * f[i] + 5.550713464617729e-2f;
+  SS_EACH p[i] = p[i] * f[i] + 2.4022120237350464e-1f;
+  SS_EACH p[i] = p[i] * f[i] + 6.931469440460205e-1f;
+  SS_EACH p[i] = p[i] * f[i] + 1.0000001192092896f;
+  SS_EACH y[i] = (vf)((vu32)p[i] + ((vu32)k[i] << 23));
+}
+template <int K, bool kClamp> SS_INLINE void vdecay_k(vd* y) { vexp_k<K>(y); }
+// Largest |y| the unclamped float decay takes.
+constexpr float kDecayArgMax = 126.0f;
+
+// softplus with torch's threshold (x > 20 -> x). float: max(x, 0) + log1p(exp(-|x|)), with
+// log1p(e) = 2 atanh(e / (2 + e)) by its series (e in (0, 1], so s <= 1/3): no cancellation for
+// tiny e. double: log1p(exp(x)) exactly as torch computes it.
+template <int K> SS_INLINE void vsoftplus_k(vf* x) {
+  vf e[K], s[K], s2[K], q[K];
+  SS_EACH e[i] = x[i] < 0.0f ? x[i] : -x[i];  // -|x|
+  vexp_k<K>(e);
+  SS_EACH s[i] = e[i] / (e[i] + 2.0f);
+  SS_EACH s2[i] = s[i] * s[i];
+  SS_EACH q[i] = (1.0f / 13.0f) * s2[i] + 1.0f / 11.0f;
+  SS_EACH q[i] = q[i] * s2[i] + 1.0f / 9.0f;
+  SS_EACH q[i] = q[i] * s2[i] + 1.0f / 7.0f;
+  SS_EACH q[i] = q[i] * s2[i] + 1.0f / 5.0f;
+  SS_EACH q[i] = q[i] * s2[i] + 1.0f / 3.0f;
+  SS_EACH q[i] = q[i] * s2[i] + 1.0f;
+  SS_EACH q[i] = vmax(x[i], vsplat<vf>(0.0f)) + 2.0f * s[i] * q[i];
+  SS_EACH x[i] = x[i] > 20.0f ? x[i] : q[i];
+}
+template <int K> SS_INLINE void vsoftplus_k(vd* x) {
+  SS_EACH for (int l = 0; l < 4; ++l) x[i][l] = x[i][l] > 20.0 ? x[i][l] : std::log1p(std::exp(x[i][l]));
+}
+template <int K, typename V> SS_INLINE void vsigmoid_k(V* x) {
+  SS_EACH x[i] = -x[i];
+  vexp_k<K>(x);
+  SS_EACH x[i] = 1 / (1 + x[i]);
+}
+
+// K vectors loaded from / stored to consecutive addresses.
+template <int K, typename V, typename T> SS_INLINE void vload_k(V* v, const T* p) {
+  SS_EACH v[i] = vload<V>(p + i * VecT<T>::lanes);
+}
+template <int K, typename V, typename T> SS_INLINE void vstore_k(T* p, const V* v) {
+  SS_EACH vstore(p + i * VecT<T>::lanes, v[i]);
+}
+constexpr int kInterleave = 4;  // K for the math over time steps (4 vectors: 32 float / 16 double steps)
+
+// Row sums of a (rows, W) block (W = SIMD lanes): out[i] = sum of row i. Instead of one horizontal
+// sum per row (a shuffle/add chain per time step), W rows at a time are transposed and added with
+// two-operand shuffles: 7 adds and 14 shuffles per 8 float rows. Rows past `rows` must be readable.
+SS_INLINE vf sum_rows8(const float* p) {
+  vf v[8];
+  for (int i = 0; i < 8; ++i) v[i] = vload<vf>(p + 8 * i);
+  vf s[4], q[2];
+  for (int i = 0; i < 4; ++i)
+    s[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], vi32{0, 8, 2, 10, 4, 12, 6, 14}) +
+           __builtin_shuffle(v[2 * i], v[2 * i + 1], vi32{1, 9, 3, 11, 5, 13, 7, 15});
+  for (int i = 0; i < 2; ++i)
+    q[i] = __builtin_shuffle(s[2 * i], s[2 * i + 1], vi32{0, 1, 8, 9, 4, 5, 12, 13}) +
+           __builtin_shuffle(s[2 * i], s[2 * i + 1], vi32{2, 3, 10, 11, 6, 7, 14, 15});
+  return __builtin_shuffle(q[0], q[1], vi32{0, 1, 2, 3, 8, 9, 10, 11}) +
+         __builtin_shuffle(q[0], q[1], vi32{4, 5, 6, 7, 12, 13, 14, 15});
+}
+SS_INLINE vd sum_rows4(const double* p) {
+  vd v[4];
+  for (int i = 0; i < 4; ++i) v[i] = vload<vd>(p + 4 * i);
+  const vd s0 = __builtin_shuffle(v[0], v[1], vi64{0, 4, 2, 6}) + __builtin_shuffle(v[0], v[1], vi64{1, 5, 3, 7});
+  const vd s1 = __builtin_shuffle(v[2], v[3], vi64{0, 4, 2, 6}) + __builtin_shuffle(v[2], v[3], vi64{1, 5, 3, 7});
+  return __builtin_shuffle(s0, s1, vi64{0, 1, 4, 5}) + __builtin_shuffle(s0, s1, vi64{2, 3, 6, 7});
+}
+SS_INLINE void row_sums(const float* rows, int n, float* out) {
+  for (int t = 0; t < n; t += 8) vstore(out + t, sum_rows8(rows + t * 8));
+}
+SS_INLINE void row_sums(const double* rows, int n, double* out) {
+  for (int t = 0; t < n; t += 4) vstore(out + t, sum_rows4(rows + t * 4));
+}
+
+// Copies rows [t0, t0 + T) of a (N, L) matrix into a (kChunk, Np) buffer, zero-padded.
+template <typename T>
+SS_INLINE void load_chunk_T(const T* src, int64_t L, int64_t N, int64_t Np, int64_t t0, int nt, T* dst) {
+  std::fill(dst, dst + kChunk * Np, T(0));
+  for (int64_t n = 0; n < N; ++n) {
+    const T* s = src + n * L + t0;
+    for (int t = 0; t < nt; ++t) dst[t * Np + n] = s[t];
+  }
+}
+
+// A channel's slice of a (batch, dim, L) tensor for one chunk is a few cache lines, L floats away
+// from the next channel's: a pattern the hardware prefetcher misses, so without help every slice
+// is a cache miss. The tasks ask for the next channel's slices while they compute this one.
+SS_INLINE void prefetch_span(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 3);
+}
+SS_INLINE void prefetch_span_w(void* p, int64_t bytes) {
+  char* c = static_cast<char*>(p);
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 1, 3);
+}
+
+// Per-chunk scalar prologue, vectorised over time: dt = softplus(delta + bias), bu = dt * u.
+template <typename T>
+SS_INLINE void chunk_prologue(const Args<T>& a, int64_t bd, int64_t d, int64_t t0, int nt,
+                              T* dtb, T* ub, T* bub, T* xb) {
+  typedef typename VecT<T>::type V;
+  constexpr int W = VecT<T>::lanes;
+  const T* dl = a.delta + bd * a.L + t0;
+  const T* uu = a.u + bd * a.L + t0;
+  const T bias = a.bias ? a.bias[d] : T(0);
+  std::memcpy(ub, uu, sizeof(T) * nt);
+  for (int t = 0; t < nt; ++t) xb[t] = dl[t] + bias;
+  for (int t = nt; t < kChunk; ++t) { xb[t] = 0; ub[t] = 0; }
+  constexpr int K = kInterleave;
+  for (int t = 0; t < kChunk; t += K * W) {
+    V x[K], uv[K];
+    vload_k<K>(x, xb + t);
+    vload_k<K>(uv, ub + t);
+    if (a.softplus) vsoftplus_k<K>(x);
+    vstore_k<K>(dtb + t, x);
+    SS_EACH uv[i] *= x[i];
+    vstore_k<K>(bub + t, uv);
+  }
+}
+
+// Per-channel scratch of one chunk, (kChunk, Np) rows unless noted; lives in L1.
+template <typename T> struct ChunkBufs {
+  std::vector<T> decay, hs, rowsum1, rowsum2;  // rowsum*: (kChunk, W)
+  explicit ChunkBufs(int64_t Np)
+      : decay(kChunk * Np), hs((kChunk + 1) * Np),
+        rowsum1(kChunk * VecT<T>::lanes, T(0)), rowsum2(kChunk * VecT<T>::lanes, T(0)) {}
+};
+
+// decay[t, :] = exp(dt_t A) for t < nt. Rows are Np = nb * W wide, so vector v of the chunk is step
+// v / nb, state block v % nb; K vectors at a time (rounded up: padded rows are readable, unused).
+template <typename T, int NB, bool kClamp>
+SS_INLINE void decay_pass(int nt, int nb, const T* dtb, const typename VecT<T>::type* Av, T* dec) {
+  typedef typename VecT<T>::type V;
+  constexpr int W = VecT<T>::lanes, K = kInterleave;
+  for (int v0 = 0; v0 < nt * nb; v0 += K) {
+    V y[K];
+    SS_EACH y[i] = vsplat<V>(dtb[(v0 + i) / nb]) * Av[(v0 + i) % nb];
+    vdecay_k<K, kClamp>(y);
+    vstore_k<K>(dec + v0 * W, y);
+  }
+}
+
+// The state recursion of one channel over one chunk, shared by the forward and the backward's
+// recomputation (so both produce bit-identical states), in three passes:
+//   1. the decays a_t = exp(dt_t A) of every step (decay_pass): no dependency between steps, so
+//      the out-of-order core overlaps the exps of many steps;
+//   2. h_t = a_t h_{t-1} + dt_t u_t B_t with the state in registers (one FMA per vector on the
+//      critical path); optionally stores h_t (backward) and the per-lane products h_t * C_t;
+//   3. y_t = row sums of those products, W steps at a time (no per-step horizontal sum).
+// Av holds A * kDecayScale; amax = max |Av|.
+template <typename T, int NB>
+SS_INLINE void chunk_states(int nt, int nb, int64_t Np, const T* dtb, const T* bub, const T* Bc, const T* Cc,
+                            const typename VecT<T>::type* Av, T amax, typename VecT<T>::type* h,
+                            ChunkBufs<T>& s, bool store_states, T* y) {
+  typedef typename VecT<T>::type V;
+  constexpr int W = VecT<T>::lanes;
+  T* dec = s.decay.data();
+  T dtmax = 0;
+  bool nan = false;
+  for (int t = 0; t < nt; ++t) {
+    dtmax = std::max(dtmax, std::abs(dtb[t]));
+    nan |= dtb[t] != dtb[t];
+  }
+  if (!nan && dtmax * amax <= T(kDecayArgMax))  // amax is NaN if A has one: clamped path too
+    decay_pass<T, NB, false>(nt, nb, dtb, Av, dec);
+  else
+    decay_pass<T, NB, true>(nt, nb, dtb, Av, dec);
+  T* hs = s.hs.data();
+  if (store_states)
+    for (int j = 0; j < nb; ++j) vstore(hs + j * W, h[j]);
+  T* prod = s.rowsum1.data();
+  for (int t = 0; t < nt; ++t) {
+    const V buv = vsplat<V>(bub[t]);
+    V acc = V{};
+    for (int j = 0; j < nb; ++j) {
+      h[j] = vload<V>(dec + t * Np + j * W) * h[j] + buv * vload<V>(Bc + t * Np + j * W);
+      if (store_states) vstore(hs + (t + 1) * Np + j * W, h[j]);
+      if (y) acc += h[j] * vload<V>(Cc + t * Np + j * W);
+    }
+    if (y) vstore(prod + t * W, acc);
+  }
+  if (y) {
+    for (int t = nt; t < kChunk; ++t) vstore(prod + t * W, V{});
+    row_sums(prod, kChunk, y);
+  }
+}
+
+template <typename T, int NB>
+SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
+  typedef typename VecT<T>::type V;
+  constexpr int W = VecT<T>::lanes;
+  const int64_t nblk = a.P;
+  const int64_t blk = task % nblk, bg = task / nblk, g = bg % a.G, b = bg / a.G;
+  const int64_t per = (a.cpg + nblk - 1) / nblk;
+  const int64_t c_lo = g * a.cpg + std::min(a.cpg, blk * per), c_hi = g * a.cpg + std::min(a.cpg, (blk + 1) * per);
+  const int64_t nch = c_hi - c_lo;
+  if (nch <= 0) return;
+  const int nb = NB > 0 ? NB : int(a.Np / W);
+  const int64_t Np = a.Np;
+
+  std::vector<T> bufB(kChunk * Np), bufC(kChunk * Np), hs(nch * Np, T(0)), Ap(nch * Np, T(0));
+  ChunkBufs<T> scratch(Np);
+  alignas(64) T dtb[kChunk], ub[kChunk], bub[kChunk], xb[kChunk], yb[kChunk];
+  std::vector<T> amax(nch, T(0));
+  for (int64_t i = 0; i < nch; ++i)
+    for (int64_t n = 0; n < a.N; ++n) {
+      Ap[i * Np + n] = a.A[(c_lo + i) * a.N + n] * kDecayScale<T>;
+      amax[i] = std::max(amax[i], std::abs(Ap[i * Np + n]));
+    }
+  const T* Bsrc = a.B + (b * a.G + g) * a.N * a.L;
+  const T* Csrc = a.C + (b * a.G + g) * a.N * a.L;
+
+  for (int64_t c = 0; c < a.nchunks; ++c) {
+    const int64_t t0 = c * kChunk;
+    const int T_ = int(std::min<int64_t>(kChunk, a.L - t0));
+    load_chunk_T(Bsrc, a.L, a.N, Np, t0, T_, bufB.data());
+    load_chunk_T(Csrc, a.L, a.N, Np, t0, T_, bufC.data());
+    for (int64_t i = 0; i < nch; ++i) {
+      const int64_t d = c_lo + i, bd = b * a.dim + d;
+      if (i + 1 < nch) {
+        const int64_t off = (bd + 1) * a.L + t0, bytes = sizeof(T) * T_;
+        prefetch_span(a.u + off, bytes);
+        prefetch_span(a.delta + off, bytes);
+        if (a.z) prefetch_span(a.z + off, bytes);
+        prefetch_span_w(a.y + off, bytes);
+      }
+      chunk_prologue(a, bd, d, t0, T_, dtb, ub, bub, xb);
+      V h[NB > 0 ? NB : kMaxNB], Av[NB > 0 ? NB : kMaxNB];
+      for (int j = 0; j < nb; ++j) {
+        h[j] = vload<V>(&hs[i * Np + j * W]);
+        Av[j] = vload<V>(&Ap[i * Np + j * W]);
+      }
+      if (a.ckpt) {
+        T* ck = a.ckpt + (bd * a.nchunks + c) * Np;
+        for (int j = 0; j < nb; ++j) vstore(ck + j * W, h[j]);
+      }
+      chunk_states<T, NB>(T_, nb, Np, dtb, bub, bufB.data(), bufC.data(), Av, amax[i], h, scratch, false, yb);
+      for (int j = 0; j < nb; ++j) vstore(&hs[i * Np + j * W], h[j]);
+      // epilogue: D skip and z gating, vectorised over time
+      const T Dd = a.D ? a.D[d] : T(0);
+      T* yo = a.y + bd * a.L + t0;
+      if (a.z) {
+        const T* zz = a.z + bd * a.L + t0;
+        alignas(64) T zb[kChunk];
+        for (int t = 0; t < T_; ++t) zb[t] = zz[t];
+        for (int t = T_; t < kChunk; ++t) zb[t] = 0;
+        constexpr int K = kInterleave;
+        for (int t = 0; t < kChunk; t += K * W) {
+          V zv[K], sg[K];
+          vload_k<K>(zv, zb + t);
+          vload_k<K>(sg, zb + t);
+          vsigmoid_k<K>(sg);
+          SS_EACH vstore(yb + t + i * W, (vload<V>(yb + t + i * W) + Dd * vload<V>(ub + t + i * W)) * zv[i] * sg[i]);
+        }
+      } else if (a.D) {
+        for (int t = 0; t < kChunk; t += W) vstore(yb + t, vload<V>(yb + t) + Dd * vload<V>(ub + t));
+      }
+      std::memcpy(yo, yb, sizeof(T) * T_);
+    }
+  }
+  if (a.last)
+    for (int64_t i = 0; i < nch; ++i)
+      std::memcpy(a.last + (b * a.dim + c_lo + i) * a.N, &hs[i * Np], sizeof(T) * a.N);
+}
+
+template <typename T, int NB>
+SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
+  typedef typename VecT<T>::type V;
+  constexpr int W = VecT<T>::lanes;
+  constexpr int NBc = NB > 0 ? NB : kMaxNB;
+  const int64_t nblk = a.P;
+  const int64_t blk = task % nblk, bg = task / nblk, g = bg % a.G, b = bg / a.G;
+  const int64_t per = (a.cpg + nblk - 1) / nblk;
+  const int64_t c_lo = g * a.cpg + std::min(a.cpg, blk * per), c_hi = g * a.cpg + std::min(a.cpg, (blk + 1) * per);
+  const int64_t nch = c_hi - c_lo;
+  const int nb = NB > 0 ? NB : int(a.Np / W);
+  const int64_t Np = a.Np, N = a.N, L = a.L;
+  T* dBo = a.dB_part + ((blk * a.batch + b) * a.G + g) * N * L;
+  T* dCo = a.dC_part + ((blk * a.batch + b) * a.G + g) * N * L;
+  if (nch <= 0) {  // an empty block still owns its slice of the partial sums
+    std::fill(dBo, dBo + N * L, T(0));
+    std::fill(dCo, dCo + N * L, T(0));
+    return;
+  }
+
+  std::vector<T> bufB(kChunk * Np), bufC(kChunk * Np), bufdB(kChunk * Np), bufdC(kChunk * Np);
+  ChunkBufs<T> scratch(Np);
+  std::vector<T> rs(nch * Np, T(0)), dAs(nch * Np, T(0)), Ap(nch * Np, T(0)), Araw(nch * Np, T(0));
+  std::vector<T> dDs(nch, T(0)), dbs(nch, T(0)), amax(nch, T(0));
+  alignas(64) T dtb[kChunk], ub[kChunk], bub[kChunk], xb[kChunk], y0b[kChunk], dyb[kChunk],
+      dub[kChunk], ddtb[kChunk], zb[kChunk], S1b[kChunk], S2b[kChunk];
+  for (int64_t i = 0; i < nch; ++i) {
+    const int64_t d = c_lo + i;
+    for (int64_t n = 0; n < N; ++n) {
+      Araw[i * Np + n] = a.A[d * N + n];
+      Ap[i * Np + n] = a.A[d * N + n] * kDecayScale<T>;
+      amax[i] = std::max(amax[i], std::abs(Ap[i * Np + n]));
+      if (a.dlast) rs[i * Np + n] = a.dlast[(b * a.dim + d) * N + n];
+    }
+  }
+  const T* Bsrc = a.B + (b * a.G + g) * N * L;
+  const T* Csrc = a.C + (b * a.G + g) * N * L;
+  const T* Hbuf = scratch.hs.data();
+  const T* Abuf = scratch.decay.data();
+  T* s1b = scratch.rowsum1.data();
+  T* s2b = scratch.rowsum2.data();
+
+  for (int64_t c = a.nchunks - 1; c >= 0; --c) {
+    const int64_t t0 = c * kChunk;
+    const int T_ = int(std::min<int64_t>(kChunk, L - t0));
+    load_chunk_T(Bsrc, L, N, Np, t0, T_, bufB.data());
+    load_chunk_T(Csrc, L, N, Np, t0, T_, bufC.data());
+    std::fill(bufdB.begin(), bufdB.end(), T(0));
+    std::fill(bufdC.begin(), bufdC.end(), T(0));
+    for (int64_t i = 0; i < nch; ++i) {
+      const int64_t d = c_lo + i, bd = b * a.dim + d;
+      if (i + 1 < nch) {
+        const int64_t off = (bd + 1) * L + t0, bytes = sizeof(T) * T_;
+        prefetch_span(a.u + off, bytes);
+        prefetch_span(a.delta + off, bytes);
+        prefetch_span(a.dout + off, bytes);
+        prefetch_span(a.ckpt + ((bd + 1) * a.nchunks + c) * Np, sizeof(T) * Np);
+        prefetch_span_w(a.du + off, bytes);
+        prefetch_span_w(a.ddelta + off, bytes);
+        if (a.z) {
+          prefetch_span(a.z + off, bytes);
+          prefetch_span_w(a.dz + off, bytes);
+        }
+      }
+      chunk_prologue(a, bd, d, t0, T_, dtb, ub, bub, xb);
+      V Av[NBc], h[NBc], Ar[NBc];
+      const T* ck = a.ckpt + (bd * a.nchunks + c) * Np;
+      for (int j = 0; j < nb; ++j) {
+        Av[j] = vload<V>(&Ap[i * Np + j * W]);
+        Ar[j] = vload<V>(&Araw[i * Np + j * W]);
+        h[j] = vload<V>(ck + j * W);
+      }
+      // recompute the chunk's states (bit-identical to the forward) and decays; y before gating if z
+      chunk_states<T, NB>(T_, nb, Np, dtb, bub, bufB.data(), bufC.data(), Av, amax[i], h, scratch, true,
+                               a.z ? y0b : nullptr);
+      // gradient reaching the scan output (before D skip and gating)
+      const T* dout = a.dout + bd * L + t0;
+      const T Dd = a.D ? a.D[d] : T(0);
+      for (int t = 0; t < T_; ++t) dyb[t] = dout[t];
+      for (int t = T_; t < kChunk; ++t) { dyb[t] = 0; y0b[t] = 0; zb[t] = 0; }
+      if (a.z) {
+        const T* zz = a.z + bd * L + t0;
+        for (int t = 0; t < T_; ++t) zb[t] = zz[t];
+        T* dzo = a.dz + bd * L + t0;
+        alignas(64) T dzb[kChunk];
+        constexpr int K = kInterleave;
+        for (int t = 0; t < kChunk; t += K * W) {
+          V zv[K], sg[K];
+          vload_k<K>(zv, zb + t);
+          vload_k<K>(sg, zb + t);
+          vsigmoid_k<K>(sg);
+          SS_EACH {
+            const int o = t + i * W;
+            const V dov = vload<V>(dyb + o), yD = vload<V>(y0b + o) + Dd * vload<V>(ub + o);
+            vstore(dzb + o, dov * yD * sg[i] * (T(1) + zv[i] * (T(1) - sg[i])));
+            vstore(dyb + o, dov * zv[i] * sg[i]);
+          }
+        }
+        std::memcpy(dzo, dzb, sizeof(T) * T_);
+      }
+      // adjoint recursion backwards in time; the per-step sums over the state (S1 = sum g B,
+      // S2 = sum g a h_{t-1} A) are kept as lane vectors and reduced W steps at a time afterwards
+      V r[NBc], dA[NBc];
+      for (int j = 0; j < nb; ++j) {
+        r[j] = vload<V>(&rs[i * Np + j * W]);
+        dA[j] = vload<V>(&dAs[i * Np + j * W]);
+      }
+      for (int t = T_ - 1; t >= 0; --t) {
+        const V dyv = vsplat<V>(dyb[t]), buv = vsplat<V>(bub[t]), dtv = vsplat<V>(dtb[t]);
+        const T* Br = &bufB[t * Np];
+        const T* Cr = &bufC[t * Np];
+        T* dBr = &bufdB[t * Np];
+        T* dCr = &bufdC[t * Np];
+        const T* Hn = &Hbuf[(t + 1) * Np];
+        const T* Hp = &Hbuf[t * Np];
+        const T* Arow = &Abuf[t * Np];
+        V s1 = V{}, s2 = V{};
+        for (int j = 0; j < nb; ++j) {
+          const V Bv = vload<V>(Br + j * W);
+          const V gv = r[j] + dyv * vload<V>(Cr + j * W);
+          vstore(dCr + j * W, vload<V>(dCr + j * W) + dyv * vload<V>(Hn + j * W));
+          vstore(dBr + j * W, vload<V>(dBr + j * W) + gv * buv);
+          s1 += gv * Bv;
+          r[j] = vload<V>(Arow + j * W) * gv;          // a_t * g_t: carried to t - 1
+          const V w = r[j] * vload<V>(Hp + j * W);   // g_t * a_t * h_{t-1}
+          s2 += w * Ar[j];
+          dA[j] += w * dtv;
+        }
+        vstore(s1b + t * W, s1);
+        vstore(s2b + t * W, s2);
+      }
+      for (int j = 0; j < nb; ++j) {
+        vstore(&rs[i * Np + j * W], r[j]);
+        vstore(&dAs[i * Np + j * W], dA[j]);
+      }
+      for (int t = T_; t < kChunk; ++t) { vstore(s1b + t * W, V{}); vstore(s2b + t * W, V{}); }
+      row_sums(s1b, kChunk, S1b);
+      row_sums(s2b, kChunk, S2b);
+      // du = dt S1 + D dy; d(dt) = S2 + u S1, then through softplus; dD and d(bias) sums
+      for (int t = 0; t < kChunk; t += W) {
+        const V S1 = vload<V>(S1b + t);
+        vstore(dub + t, vload<V>(dtb + t) * S1 + Dd * vload<V>(dyb + t));
+        vstore(ddtb + t, vload<V>(S2b + t) + vload<V>(ub + t) * S1);
+      }
+      T dD = 0, db = 0;
+      for (int t = 0; t < T_; ++t) dD += dyb[t] * ub[t];
+      if (a.softplus) {
+        constexpr int K = kInterleave;
+        for (int t = 0; t < kChunk; t += K * W) {
+          V x[K], sg[K];
+          vload_k<K>(x, xb + t);
+          vload_k<K>(sg, xb + t);
+          vsigmoid_k<K>(sg);
+          SS_EACH vstore(ddtb + t + i * W, vload<V>(ddtb + t + i * W) * (x[i] > T(20) ? vsplat<V>(T(1)) : sg[i]));
+        }
+      }
+      for (int t = 0; t < T_; ++t) db += ddtb[t];
+      dDs[i] += dD;
+      dbs[i] += db;
+      std::memcpy(a.du + bd * L + t0, dub, sizeof(T) * T_);
+      std::memcpy(a.ddelta + bd * L + t0, ddtb, sizeof(T) * T_);
+    }
+    // this task's share of dB/dC for the chunk, back to (N, L) layout
+    for (int64_t n = 0; n < N; ++n)
+      for (int t = 0; t < T_; ++t) {
+        dBo[n * L + t0 + t] = bufdB[t * Np + n];
+        dCo[n * L + t0 + t] = bufdC[t * Np + n];
+      }
+  }
+  for (int64_t i = 0; i < nch; ++i) {
+    const int64_t bd = b * a.dim + c_lo + i;
+    std::memcpy(a.dA_part + bd * N, &dAs[i * Np], sizeof(T) * N);
+    a.dD_part[bd] = dDs[i];
+    a.dbias_part[bd] = dbs[i];
+  }
+}
+
