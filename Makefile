@@ -20,8 +20,8 @@ venv: $(STAMP)
 
 # Order matters: torch first (basicsr's and mamba-ssm's builds import it), the pinned
 # requirements, basicsr without its tb-nightly requirement (it breaks the tensorboard CLI),
-# mamba-ssm, then our package (editable) with its C++ kernel.
-$(STAMP): requirements.txt setup.py pyproject.toml
+# mamba-ssm, then our package (editable) with its C++ kernel (rebuilt when csrc/ changes).
+$(STAMP): requirements.txt setup.py pyproject.toml $(wildcard serpent_basicsr/ops/csrc/*)
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PIP) install --quiet -r requirements.txt
