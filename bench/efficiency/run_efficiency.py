@@ -226,6 +226,31 @@ def fmt(v: Optional[float], nd: int = 2) -> str:
     return '-' if v is None else f'{v:.{nd}f}'
 
 
+def us_per_pixel(r: Dict[str, Any], mode: str, size: int) -> Optional[float]:
+    x = r.get(mode) or {}
+    return x['time_s'] / size ** 2 * 1e6 if x.get('status') == 'ok' else None
+
+
+def scaling_table(results: Dict[str, Any], models: List[str], sizes: List[int]) -> str:
+    """Time per pixel by size and its ratio at 1024 to 256 (issue 5: linear scaling, target <= 1.3)."""
+    sizes = [s for s in sizes if any(us_per_pixel(results['models'][m]['sizes'].get(str(s), {}), mode, s)
+                                     for m in models for mode in ('infer', 'train'))]
+    lines = ['| model | mode | ' + ' | '.join(f'us/pixel {s}' for s in sizes) + ' | 1024 : 256 |',
+             '|---|---|' + '---|' * (len(sizes) + 1)]
+    for m in models:
+        if m.startswith('swinir'):
+            continue
+        e = results['models'][m]['sizes']
+        for mode in ('infer', 'train'):
+            per = {s: us_per_pixel(e.get(str(s), {}), mode, s) for s in sizes}
+            if all(v is None for v in per.values()):
+                continue
+            ratio = per.get(1024) / per[256] if per.get(1024) and per.get(256) else None
+            lines.append(f'| {LABELS[m]} | {mode} | ' + ' | '.join(fmt(per[s], 1) for s in sizes)
+                         + f' | {fmt(ratio)} |')
+    return '\n'.join(lines)
+
+
 def report(results: Dict[str, Any]) -> str:
     models = [m for m in MODELS if m in results['models']]
     sizes = sorted({int(s) for m in models for s in results['models'][m]['sizes']})
@@ -260,6 +285,7 @@ def report(results: Dict[str, Any]) -> str:
             gf = f"{r['gflops']:.1f}" if r.get('gflops') else '-'
             lines.append(f"| {LABELS[m]} | {e['params'] / 1e6:.2f} | {s} | {gf}{scan} | {ratio} | "
                          + ' | '.join(cells) + f' | {us} |')
+    lines += ['', scaling_table(results, models, sizes)]
     lines += ['', '| model | largest square training step (batch 1) | stopped at |', '|---|---|---|']
     for m in models:
         mt = results['models'][m].get('max_train_size')
