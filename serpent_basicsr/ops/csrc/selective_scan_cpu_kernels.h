@@ -154,6 +154,24 @@ SS_INLINE void prefetch_span_w(void* p, int64_t bytes) {
   for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 1, 3);
 }
 
+// dst[0, nt) = src[0, nt), zeros up to kChunk: one chunk of a channel's (batch, dim, L) row.
+template <typename T> SS_INLINE void load_padded(const T* src, int nt, T* dst) {
+  std::memcpy(dst, src, sizeof(T) * nt);
+  std::fill(dst + nt, dst + kChunk, T(0));
+}
+
+// sg = sigmoid(x) over a whole chunk, K vectors at a time.
+template <typename T> SS_INLINE void chunk_sigmoid(const T* x, T* sg) {
+  typedef typename VecT<T>::type V;
+  constexpr int W = VecT<T>::lanes, K = kInterleave;
+  for (int t = 0; t < kChunk; t += K * W) {
+    V v[K];
+    vload_k<K>(v, x + t);
+    vsigmoid_k<K>(v);
+    vstore_k<K>(sg + t, v);
+  }
+}
+
 // Per-chunk scalar prologue, vectorised over time: dt = softplus(delta + bias), bu = dt * u.
 template <typename T>
 SS_INLINE void chunk_prologue(const Args<T>& a, int64_t bd, int64_t d, int64_t t0, int nt,
@@ -163,9 +181,9 @@ SS_INLINE void chunk_prologue(const Args<T>& a, int64_t bd, int64_t d, int64_t t
   const T* dl = a.delta + bd * a.L + t0;
   const T* uu = a.u + bd * a.L + t0;
   const T bias = a.bias ? a.bias[d] : T(0);
-  std::memcpy(ub, uu, sizeof(T) * nt);
+  load_padded(uu, nt, ub);
   for (int t = 0; t < nt; ++t) xb[t] = dl[t] + bias;
-  for (int t = nt; t < kChunk; ++t) { xb[t] = 0; ub[t] = 0; }
+  for (int t = nt; t < kChunk; ++t) xb[t] = 0;
   constexpr int K = kInterleave;
   for (int t = 0; t < kChunk; t += K * W) {
     V x[K], uv[K];
@@ -300,18 +318,11 @@ SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
       const T Dd = a.D ? a.D[d] : T(0);
       T* yo = a.y + bd * a.L + t0;
       if (a.z) {
-        const T* zz = a.z + bd * a.L + t0;
-        alignas(64) T zb[kChunk];
-        for (int t = 0; t < T_; ++t) zb[t] = zz[t];
-        for (int t = T_; t < kChunk; ++t) zb[t] = 0;
-        constexpr int K = kInterleave;
-        for (int t = 0; t < kChunk; t += K * W) {
-          V zv[K], sg[K];
-          vload_k<K>(zv, zb + t);
-          vload_k<K>(sg, zb + t);
-          vsigmoid_k<K>(sg);
-          SS_EACH vstore(yb + t + i * W, (vload<V>(yb + t + i * W) + Dd * vload<V>(ub + t + i * W)) * zv[i] * sg[i]);
-        }
+        alignas(64) T zb[kChunk], sgb[kChunk];
+        load_padded(a.z + bd * a.L + t0, T_, zb);
+        chunk_sigmoid(zb, sgb);
+        for (int t = 0; t < kChunk; t += W)
+          vstore(yb + t, (vload<V>(yb + t) + Dd * vload<V>(ub + t)) * vload<V>(zb + t) * vload<V>(sgb + t));
       } else if (a.D) {
         for (int t = 0; t < kChunk; t += W) vstore(yb + t, vload<V>(yb + t) + Dd * vload<V>(ub + t));
       }
@@ -348,7 +359,7 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
   std::vector<T> rs(nch * Np, T(0)), dAs(nch * Np, T(0)), Ap(nch * Np, T(0)), Araw(nch * Np, T(0));
   std::vector<T> dDs(nch, T(0)), dbs(nch, T(0)), amax(nch, T(0));
   alignas(64) T dtb[kChunk], ub[kChunk], bub[kChunk], xb[kChunk], y0b[kChunk], dyb[kChunk],
-      dub[kChunk], ddtb[kChunk], zb[kChunk], S1b[kChunk], S2b[kChunk];
+      dub[kChunk], ddtb[kChunk], zb[kChunk], sgb[kChunk], S1b[kChunk], S2b[kChunk];
   for (int64_t i = 0; i < nch; ++i) {
     const int64_t d = c_lo + i;
     for (int64_t n = 0; n < N; ++n) {
@@ -399,29 +410,19 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
       chunk_states<T, NB>(T_, nb, Np, dtb, bub, bufB.data(), bufC.data(), Av, amax[i], h, scratch, true,
                                a.z ? y0b : nullptr);
       // gradient reaching the scan output (before D skip and gating)
-      const T* dout = a.dout + bd * L + t0;
       const T Dd = a.D ? a.D[d] : T(0);
-      for (int t = 0; t < T_; ++t) dyb[t] = dout[t];
-      for (int t = T_; t < kChunk; ++t) { dyb[t] = 0; y0b[t] = 0; zb[t] = 0; }
-      if (a.z) {
-        const T* zz = a.z + bd * L + t0;
-        for (int t = 0; t < T_; ++t) zb[t] = zz[t];
-        T* dzo = a.dz + bd * L + t0;
+      load_padded(a.dout + bd * L + t0, T_, dyb);
+      if (a.z) {  // y0b: all kChunk rows written by chunk_states (zeros past T_)
         alignas(64) T dzb[kChunk];
-        constexpr int K = kInterleave;
-        for (int t = 0; t < kChunk; t += K * W) {
-          V zv[K], sg[K];
-          vload_k<K>(zv, zb + t);
-          vload_k<K>(sg, zb + t);
-          vsigmoid_k<K>(sg);
-          SS_EACH {
-            const int o = t + i * W;
-            const V dov = vload<V>(dyb + o), yD = vload<V>(y0b + o) + Dd * vload<V>(ub + o);
-            vstore(dzb + o, dov * yD * sg[i] * (T(1) + zv[i] * (T(1) - sg[i])));
-            vstore(dyb + o, dov * zv[i] * sg[i]);
-          }
+        load_padded(a.z + bd * L + t0, T_, zb);
+        chunk_sigmoid(zb, sgb);
+        for (int t = 0; t < kChunk; t += W) {
+          const V zv = vload<V>(zb + t), sg = vload<V>(sgb + t), dov = vload<V>(dyb + t);
+          const V yD = vload<V>(y0b + t) + Dd * vload<V>(ub + t);
+          vstore(dzb + t, dov * yD * sg * (T(1) + zv * (T(1) - sg)));
+          vstore(dyb + t, dov * zv * sg);
         }
-        std::memcpy(dzo, dzb, sizeof(T) * T_);
+        std::memcpy(a.dz + bd * L + t0, dzb, sizeof(T) * T_);
       }
       // adjoint recursion backwards in time; the per-step sums over the state (S1 = sum g B,
       // S2 = sum g a h_{t-1} A) are kept as lane vectors and reduced W steps at a time afterwards
@@ -470,13 +471,10 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
       T dD = 0, db = 0;
       for (int t = 0; t < T_; ++t) dD += dyb[t] * ub[t];
       if (a.softplus) {
-        constexpr int K = kInterleave;
-        for (int t = 0; t < kChunk; t += K * W) {
-          V x[K], sg[K];
-          vload_k<K>(x, xb + t);
-          vload_k<K>(sg, xb + t);
-          vsigmoid_k<K>(sg);
-          SS_EACH vstore(ddtb + t + i * W, vload<V>(ddtb + t + i * W) * (x[i] > T(20) ? vsplat<V>(T(1)) : sg[i]));
+        chunk_sigmoid(xb, sgb);
+        for (int t = 0; t < kChunk; t += W) {
+          const V x = vload<V>(xb + t);
+          vstore(ddtb + t, vload<V>(ddtb + t) * (x > T(20) ? vsplat<V>(T(1)) : vload<V>(sgb + t)));
         }
       }
       for (int t = 0; t < T_; ++t) db += ddtb[t];
