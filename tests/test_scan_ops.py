@@ -210,11 +210,13 @@ def test_cpu_kernel_keeps_only_chunk_checkpoints():
     from serpent_basicsr.ops import cpu_scan
     ext = cpu_scan.load()
     x = make_inputs(1, batch=1, dim=4, n=16, length=1000, groups=1, dtype=torch.float32)
-    args = [x[k].detach() for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')]
-    _, _, ckpt = ext.fwd(*args, True, True)
+    u, delta, A, B, C, D, z, bias = [x[k].detach() for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')]
+    bc = torch.cat([B, C], dim=2).transpose(2, 3).contiguous()
+    args = (u, delta, A, bc, D, z, bias, True)
+    _, _, ckpt = ext.fwd(*args, True, None, False)
     k = ext.chunk_size()
     assert tuple(ckpt.shape) == (1, 4, -(-1000 // k), 16)
-    _, _, none = ext.fwd(*args, True, False)
+    _, _, none = ext.fwd(*args, False, None, False)
     assert none.numel() == 0
 
 

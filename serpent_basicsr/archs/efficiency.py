@@ -2,8 +2,8 @@
 
 torch.utils.flop_counter counts matmuls and convolutions (2 FLOPs per multiply-add) and
 ignores element-wise ops; it cannot see inside the scan (a Python loop of element-wise ops or
-a custom kernel). So the count runs with a FLOP-free stand-in for
-`serpent_basicsr.ops.selective_scan` that records each call's shape, and the scan is added
+a custom kernel). So the count runs with FLOP-free stand-ins for
+`serpent_basicsr.ops.selective_scan` and `.cross_selective_scan` that record each call's shape, and the scan is added
 analytically: SCAN_FLOPS_PER_ELEMENT per (batch, channel, position, state) element, i.e.
 exp(delta*A) (2), delta*B*u (2), h = a*h + b (2), y += C*h (2), plus the D skip / softplus
 amortised (1). Everything else element-wise (LayerNorm, SiLU, softmax) is uncounted, for
@@ -50,6 +50,12 @@ def count_params_flops(net: nn.Module, input_shape: Sequence[int], meta: bool = 
         y = u * 1.0  # element-wise: invisible to FlopCounterMode, same shape and dtype
         return (y, u.new_zeros(batch, dim, A.shape[-1])) if return_last_state else y
 
+    def cross_scan_stand_in(x, delta, A, BC, height, width, D=None, delta_bias=None, delta_softplus=True,
+                            backend=None):
+        batch, channels, length = delta.shape  # channels = K * D: one scan element per direction
+        calls.append(batch * channels * length * A.shape[-1])
+        return x.transpose(1, 2) * 1.0
+
     params = count_params(net)
     model, device = net, next(net.parameters()).device
     if meta:
@@ -59,7 +65,8 @@ def count_params_flops(net: nn.Module, input_shape: Sequence[int], meta: bool = 
     x = torch.zeros(tuple(input_shape), device=device)
     counter = FlopCounterMode(display=False)
     try:
-        with mock.patch.object(ops, 'selective_scan', scan_stand_in), counter, torch.no_grad():
+        with mock.patch.object(ops, 'selective_scan', scan_stand_in), \
+                mock.patch.object(ops, 'cross_selective_scan', cross_scan_stand_in), counter, torch.no_grad():
             model(x)
     finally:
         model.train(was_training)

@@ -16,7 +16,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from basicsr.archs.swinir_arch import DropPath, Mlp
-from einops import rearrange
 
 from serpent_basicsr import ops
 
@@ -74,8 +73,8 @@ class SS2D(nn.Module):
     """2D selective scan over K directions: (B, D, H, W) -> LayerNorm'ed (B, H, W, D).
 
     Each direction has its own x_proj (-> dt_rank + 2 * d_state), dt_proj and (A, D, dt bias)
-    for its D channels; all K * D channels go through ONE selective_scan call with B/C grouped
-    per direction, (batch, K, N, L).
+    for its D channels; all K * D channels go through ONE cross_selective_scan call (B/C grouped
+    per direction), equal to cross_scan -> selective_scan -> cross_merge.
     """
 
     def __init__(self, d_inner: int, d_state: int = 16, dt_rank: int = 4, directions: int = 4,
@@ -100,19 +99,18 @@ class SS2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, d, h, w = x.shape
         k, n, r = self.directions, self.d_state, self.dt_rank
-        xs = cross_scan(x, k)  # (B, K, D, L)
-        # (K, c, D) @ (B, K, D, L): batched matmuls (einsum turns rank-1 cases into element-wise
-        # products, which FLOP counters skip)
-        x_dbl = torch.matmul(self.x_proj_weight, xs)  # (B, K, R + 2N, L)
-        dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = torch.matmul(self.dt_projs_weight, dts)  # (B, K, D, L)
-        ys = ops.selective_scan(
-            xs.reshape(b, k * d, h * w), dts.reshape(b, k * d, h * w), -torch.exp(self.A_logs),
-            bs.contiguous(), cs.contiguous(), D=self.Ds, delta_bias=self.dt_projs_bias.reshape(-1),
-            delta_softplus=True)
-        y = cross_merge(ys.view(b, k, d, h * w), h, w)  # (B, D, L)
-        y = rearrange(y, 'b d (h w) -> b h w d', h=h, w=w)
-        return self.out_norm(y)
+        xf = x.reshape(b, d, h * w)
+        # The projections are per pixel, so they are computed once in pixel order and the scan
+        # walks each direction's order itself (ops.cross_selective_scan): no cross-scan copies.
+        w_dt, w_bc = torch.split(self.x_proj_weight, [r, 2 * n], dim=1)    # (K, R, D), (K, 2N, D)
+        dts = torch.matmul(w_dt, xf.unsqueeze(1))                          # (B, K, R, L)
+        deltas = torch.matmul(self.dt_projs_weight, dts)                   # (B, K, D, L)
+        # (B, L, D) @ (D, K * 2N): B and C rows of every direction, viewed as (B, K, L, 2N)
+        bc = torch.matmul(xf.transpose(1, 2), w_bc.reshape(k * 2 * n, d).t())
+        bc = bc.view(b, h * w, k, 2 * n).transpose(1, 2)
+        y = ops.cross_selective_scan(xf, deltas.reshape(b, k * d, h * w), -torch.exp(self.A_logs), bc, h, w,
+                                     D=self.Ds, delta_bias=self.dt_projs_bias.reshape(-1), delta_softplus=True)
+        return self.out_norm(y.view(b, h, w, d))
 
 
 def ss2d_param_count(d_inner: int, d_state: int, dt_rank: int, directions: int) -> int:

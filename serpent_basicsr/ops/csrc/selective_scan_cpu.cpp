@@ -1,21 +1,26 @@
 // Selective scan (S6) forward and backward on the CPU.
 //
-// Layout: u, delta, z, y: (batch, dim, L); A: (dim, N); B, C: (batch, G, N, L); D, bias: (dim,).
-// Channel d reads group d / (dim / G).
+// Layout: delta, z: (batch, dim, L); u: (batch, dim, L), or (batch, dim / G, L) shared by the G
+// groups; A: (dim, N); BC: (batch, G, L, 2N), B in the first N of each row and C in the last N;
+// D, bias: (dim,). Channel d = g * (dim / G) + c reads group g. y: (batch, dim, L), or channels-last
+// (batch, L, dim / G) summed over the groups. An optional permutation perm (G, L) gives, per group,
+// the stored position of each step: the scan of group g runs over positions perm[g, 0], perm[g, 1],
+// ... and writes its outputs back there. With a shared u, channels-last y and one permutation per
+// scan direction, this is SS2D's cross-scan / scan / cross-merge in one pass (no copies).
 //
-// Work is split into tasks (batch, group, block of the group's channels), run with
-// at::parallel_for (OpenMP). Inside a task, time is walked in chunks of kChunk steps and, for each
-// chunk, every channel of the block: the chunk's B/C rows are transposed once into a small
-// (kChunk, Np) buffer (state contiguous, zero-padded to Np, a multiple of the SIMD width) that stays
-// in L1 across the block's channels. The state of one channel lives in registers as NB SIMD vectors.
+// Work is split into tasks (batch, block of channel indices c), run with at::parallel_for (OpenMP);
+// a task runs its block in every group, so sums over groups (du of a shared u, the merged y) have
+// a single writer. Inside a task, time is walked in chunks of kChunk steps and, for each chunk,
+// every channel of the block: the chunk's B/C rows are copied once into small (kChunk, Np) buffers
+// (state contiguous, zero-padded to Np, a multiple of the SIMD width) that stay in L1 across the
+// block's channels. The state of one channel lives in registers as NB SIMD vectors.
 //
 // The forward optionally stores the state at the start of every chunk ("checkpoints", a kChunk-th
 // of the (batch, dim, L, N) states). The backward walks the chunks in reverse: it recomputes the
 // chunk's states from its checkpoint into an L1 buffer, then runs the adjoint recursion backwards
-// in time. Softplus, delta_bias, the D skip, z gating, dD / d(delta_bias) sums and the B/C layout
-// change are fused in. dB/dC are sums over the group's channels: each task owns a private
-// (kChunk, Np) accumulator per chunk, written to its own slice of a (P, batch, G, N, L) buffer
-// (P = channel blocks per group), summed over P at the end when P > 1.
+// in time. Softplus, delta_bias, the D skip, z gating, dD / d(delta_bias) sums are fused in. dB/dC are sums over the group's channels: each task owns a private
+// (kChunk, Np) accumulator per chunk, written to its own slice of a (P, batch, G, L, 2N) buffer
+// (P = channel blocks), summed over P at the end when P > 1.
 //
 // Per channel and chunk the state recursion runs in passes (selective_scan_cpu_kernels.h):
 // the decays exp(dt A) of all steps first (independent, so the core overlaps them), then the
@@ -58,11 +63,6 @@ template <> struct VecT<double> { typedef vd type; static constexpr int lanes = 
 
 template <typename V, typename T> SS_INLINE V vload(const T* p) { V v; std::memcpy(&v, p, sizeof(V)); return v; }
 template <typename V, typename T> SS_INLINE void vstore(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
-template <typename V, typename T> SS_INLINE V vsplat(T x) {  // (`V{} + x` would add 0.0 first)
-  V v;
-  for (unsigned i = 0; i < sizeof(V) / sizeof(T); ++i) v[i] = x;
-  return v;
-}
 
 // The decay exp(delta * A) is computed in base 2 in float: A is pre-scaled by log2(e).
 template <typename T> constexpr T kDecayScale = T(1);
@@ -70,8 +70,9 @@ template <> constexpr float kDecayScale<float> = 1.44269504088896341f;
 
 template <typename T> struct Args {
   // inputs
-  const T* u; const T* delta; const T* A; const T* B; const T* C;
+  const T* u; const T* delta; const T* A; const T* BC;
   const T* D; const T* z; const T* bias;
+  const int32_t* perm;  // (G, L): stored position of step t in group g; null = identity
   // forward outputs (may be null)
   T* y; T* last; T* ckpt;
   // backward inputs / outputs
@@ -80,8 +81,11 @@ template <typename T> struct Args {
   T* dA_part;   // (batch, dim, N)
   T* dD_part;   // (batch, dim)
   T* dbias_part;  // (batch, dim)
-  T* dB_part; T* dC_part;  // (P, batch, G, N, L)
+  T* dBC_part;  // P copies of BC's layout, bc_size elements apart
+  int64_t bc_bs, bc_gs, bc_ps, bc_size;  // BC element strides of batch, group, position; P stride
   int64_t batch, dim, L, N, Np, G, cpg, P, nchunks;
+  int64_t u_bstride, u_gstride;  // u / du channel (b, g, c) at b * u_bstride + (g * u_gstride + c) * L
+  bool y_cl;  // y / dout: (batch, L, cpg) summed over groups, else (batch, dim, L)
   bool softplus;
 };
 
@@ -134,31 +138,52 @@ TaskFn<T> pick(bool fwd, int nb) {
 // ---- host side ------------------------------------------------------------------------------
 bool opt_ptr_check(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
-void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-                  const at::Tensor& C, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
-                  const c10::optional<at::Tensor>& bias) {
+// BC (batch, G, L, 2N) is stored either contiguously or as a (batch, L, G, 2N) tensor transposed.
+bool bc_dense(const at::Tensor& BC) {
+  return BC.is_contiguous() || BC.transpose(1, 2).is_contiguous();
+}
+
+// Shapes of the kernel's layout (see the top of this file); raises naming the argument.
+void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& BC,
+                  const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
+                  const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& perm, bool y_cl) {
   TORCH_CHECK(u.device().is_cpu(), "selective_scan cpu backend: tensors must be on the CPU");
   TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble,
               "selective_scan cpu backend: float32 or float64 expected, got ", u.scalar_type());
-  TORCH_CHECK(u.dim() == 3 && delta.sizes() == u.sizes(), "selective_scan: u and delta must be (batch, dim, L)");
-  TORCH_CHECK(A.dim() == 2 && A.size(0) == u.size(1), "selective_scan: A must be (dim, N)");
-  TORCH_CHECK(B.dim() == 4 && B.size(0) == u.size(0) && B.size(2) == A.size(1) && B.size(3) == u.size(2),
-              "selective_scan: B must be (batch, groups, N, L)");
-  TORCH_CHECK(C.sizes() == B.sizes(), "selective_scan: C must have B's shape");
-  TORCH_CHECK(u.size(1) % B.size(1) == 0, "selective_scan: dim must be divisible by groups");
-  for (const at::Tensor* t : {&u, &delta, &A, &B, &C}) {
+  TORCH_CHECK(delta.dim() == 3, "selective_scan: delta must be (batch, dim, L)");
+  const int64_t batch = delta.size(0), dim = delta.size(1), L = delta.size(2);
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim, "selective_scan: A must be (dim, N)");
+  const int64_t N = A.size(1);
+  TORCH_CHECK(BC.dim() == 4 && BC.size(0) == batch && BC.size(2) == L && BC.size(3) == 2 * N,
+              "selective_scan cpu kernel: BC must be (batch, groups, L, 2N)");
+  TORCH_CHECK(BC.stride(3) == 1 && BC.scalar_type() == u.scalar_type() && bc_dense(BC),
+              "selective_scan cpu kernel: BC must have contiguous rows and be (batch, groups, L, 2N) or "
+              "(batch, L, groups, 2N) in memory");
+  const int64_t G = BC.size(1);
+  TORCH_CHECK(G > 0 && dim % G == 0, "selective_scan: dim must be divisible by groups");
+  TORCH_CHECK(u.dim() == 3 && u.size(0) == batch && u.size(2) == L && (u.size(1) == dim || u.size(1) * G == dim),
+              "selective_scan cpu kernel: u must be (batch, dim, L) or (batch, dim / groups, L)");
+  for (const at::Tensor* t : {&u, &delta, &A}) {
     TORCH_CHECK(t->is_contiguous() && t->scalar_type() == u.scalar_type(),
                 "selective_scan cpu backend: inputs must be contiguous and of one dtype");
   }
   for (const c10::optional<at::Tensor>* t : {&D, &bias}) {
     if (opt_ptr_check(*t)) {
-      TORCH_CHECK((*t)->dim() == 1 && (*t)->size(0) == u.size(1) && (*t)->is_contiguous() &&
+      TORCH_CHECK((*t)->dim() == 1 && (*t)->size(0) == dim && (*t)->is_contiguous() &&
                       (*t)->scalar_type() == u.scalar_type(), "selective_scan: D and delta_bias must be (dim,)");
     }
   }
-  if (opt_ptr_check(z))
-    TORCH_CHECK(z->sizes() == u.sizes() && z->is_contiguous() && z->scalar_type() == u.scalar_type(),
-                "selective_scan: z must be (batch, dim, L) like u");
+  if (opt_ptr_check(z)) {
+    TORCH_CHECK(!y_cl, "selective_scan cpu kernel: z gating is not supported with the channels-last output");
+    TORCH_CHECK(z->sizes() == delta.sizes() && z->is_contiguous() && z->scalar_type() == u.scalar_type(),
+                "selective_scan: z must be (batch, dim, L) like delta");
+  }
+  if (opt_ptr_check(perm)) {
+    TORCH_CHECK(perm->scalar_type() == at::kInt && perm->dim() == 2 && perm->size(0) == G && perm->size(1) == L &&
+                    perm->is_contiguous(), "selective_scan cpu kernel: perm must be int32 (groups, L)");
+    TORCH_CHECK(L == 0 || (perm->min().item<int32_t>() >= 0 && perm->max().item<int32_t>() < L),
+                "selective_scan cpu kernel: perm values must be positions in [0, L)");
+  }
 }
 
 template <typename T> const T* opt_data(const c10::optional<at::Tensor>& t) {
@@ -169,20 +194,20 @@ template <typename T> const T* opt_data(const c10::optional<at::Tensor>& t) {
 // thread: on a busy machine, waking the OpenMP team and waiting at its barrier costs more.
 constexpr int64_t kSerialWork = int64_t(1) << 22;
 
-// Channel blocks per group: about 8 tasks per thread (balance), never more than the group's
-// channels; one block when the call runs serially (then dB/dC need no partial sums).
-int64_t blocks_per_group(int64_t batch, int64_t G, int64_t cpg, int64_t work) {
+// Channel blocks: about `per_thread` tasks per thread (balance), never more than a group's
+// channels; one block when the call runs serially (then dB/dC need no partial sums). The backward
+// asks for fewer (each block holds a partial dB/dC the size of B and C).
+int64_t channel_blocks(int64_t batch, int64_t cpg, int64_t work, int64_t per_thread) {
   if (work < kSerialWork || at::get_num_threads() <= 1) return 1;
-  const int64_t want = 8 * int64_t(at::get_num_threads());
-  const int64_t have = batch * G;
-  return std::max<int64_t>(1, std::min<int64_t>(cpg, (want + have - 1) / have));
+  const int64_t want = per_thread * int64_t(at::get_num_threads());
+  return std::max<int64_t>(1, std::min<int64_t>(cpg, (want + batch - 1) / batch));
 }
 
-// Runs every (batch, group, block) task. Threads take tasks from a shared counter (dynamic
+// Runs every (batch, block) task. Threads take tasks from a shared counter (dynamic
 // scheduling: on a busy machine a preempted thread does not hold up a fixed share of the work).
 template <typename T>
 void run_tasks(const Args<T>& a, TaskFn<T> fn) {
-  const int64_t ntask = a.batch * a.G * a.P;
+  const int64_t ntask = a.batch * a.P;
   const int64_t work = a.batch * a.dim * a.L * a.Np;
   const int64_t workers = work < kSerialWork ? 1 : std::min<int64_t>(at::get_num_threads(), ntask);
   if (workers <= 1) {
@@ -197,33 +222,40 @@ void run_tasks(const Args<T>& a, TaskFn<T> fn) {
 
 template <typename T>
 void fill_common(Args<T>& a, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                 const at::Tensor& B, const at::Tensor& C, const c10::optional<at::Tensor>& D,
-                 const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias, bool softplus) {
+                 const at::Tensor& BC, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
+                 const c10::optional<at::Tensor>& bias, bool softplus, const c10::optional<at::Tensor>& perm,
+                 bool y_cl, int64_t per_thread) {
   std::memset(&a, 0, sizeof(a));
   constexpr int W = VecT<T>::lanes;
-  a.u = u.data_ptr<T>(); a.delta = delta.data_ptr<T>(); a.A = A.data_ptr<T>();
-  a.B = B.data_ptr<T>(); a.C = C.data_ptr<T>();
+  a.u = u.data_ptr<T>(); a.delta = delta.data_ptr<T>(); a.A = A.data_ptr<T>(); a.BC = BC.data_ptr<T>();
+  a.bc_bs = BC.stride(0); a.bc_gs = BC.stride(1); a.bc_ps = BC.stride(2); a.bc_size = BC.numel();
   a.D = opt_data<T>(D); a.z = opt_data<T>(z); a.bias = opt_data<T>(bias);
-  a.batch = u.size(0); a.dim = u.size(1); a.L = u.size(2); a.N = A.size(1); a.G = B.size(1);
+  a.perm = opt_ptr_check(perm) ? perm->data_ptr<int32_t>() : nullptr;
+  a.batch = delta.size(0); a.dim = delta.size(1); a.L = delta.size(2); a.N = A.size(1); a.G = BC.size(1);
   a.Np = (a.N + W - 1) / W * W;
   a.cpg = a.dim / a.G;
+  a.u_bstride = u.size(1) * a.L;
+  a.u_gstride = u.size(1) == a.dim ? a.cpg : 0;
+  a.y_cl = y_cl;
   a.nchunks = (a.L + kChunk - 1) / kChunk;
   a.softplus = softplus;
-  a.P = blocks_per_group(a.batch, a.G, a.cpg, a.batch * a.dim * a.L * a.Np);
+  a.P = channel_blocks(a.batch, a.cpg, a.batch * a.dim * a.L * a.Np, per_thread);
 }
 
+// y: (batch, dim, L), or (batch, L, dim / G) with y_cl.
 std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                                 const at::Tensor& B, const at::Tensor& C, const c10::optional<at::Tensor>& D,
+                                 const at::Tensor& BC, const c10::optional<at::Tensor>& D,
                                  const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
-                                 bool softplus, bool want_ckpt) {
-  check_inputs(u, delta, A, B, C, D, z, bias);
-  const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2), N = A.size(1);
-  at::Tensor y = at::empty_like(u);
+                                 bool softplus, bool want_ckpt, const c10::optional<at::Tensor>& perm, bool y_cl) {
+  check_inputs(u, delta, A, BC, D, z, bias, perm, y_cl);
+  const int64_t batch = delta.size(0), dim = delta.size(1), L = delta.size(2), N = A.size(1), G = BC.size(1);
+  at::Tensor y = y_cl ? (L == 0 ? at::zeros({batch, L, dim / G}, u.options()) : at::empty({batch, L, dim / G}, u.options()))
+                      : at::empty_like(delta);
   at::Tensor last = L == 0 ? at::zeros({batch, dim, N}, u.options()) : at::empty({batch, dim, N}, u.options());
   at::Tensor ckpt;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_fwd", [&] {
     Args<scalar_t> a;
-    fill_common<scalar_t>(a, u, delta, A, B, C, D, z, bias, softplus);
+    fill_common<scalar_t>(a, u, delta, A, BC, D, z, bias, softplus, perm, y_cl, 8);
     TORCH_CHECK(a.Np / VecT<scalar_t>::lanes <= kMaxNB, "selective_scan cpu backend: d_state too large (max ",
                 kMaxNB * VecT<scalar_t>::lanes, ")");
     ckpt = want_ckpt ? at::empty({batch, dim, a.nchunks, a.Np}, u.options()) : at::empty({0}, u.options());
@@ -235,27 +267,31 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& delta, c
   return {y, last, ckpt};
 }
 
+// Gradients in the inputs' layouts: du like u, dBC (batch, G, L, 2N).
 std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                                 const at::Tensor& B, const at::Tensor& C, const c10::optional<at::Tensor>& D,
+                                 const at::Tensor& BC, const c10::optional<at::Tensor>& D,
                                  const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
                                  bool softplus, const at::Tensor& ckpt, const at::Tensor& dout,
-                                 const c10::optional<at::Tensor>& dlast) {
-  check_inputs(u, delta, A, B, C, D, z, bias);
-  TORCH_CHECK(dout.sizes() == u.sizes() && dout.is_contiguous() && dout.scalar_type() == u.scalar_type(),
-              "selective_scan backward: dout must be contiguous like u");
-  const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2), N = A.size(1), G = B.size(1);
+                                 const c10::optional<at::Tensor>& dlast, const c10::optional<at::Tensor>& perm,
+                                 bool y_cl) {
+  check_inputs(u, delta, A, BC, D, z, bias, perm, y_cl);
+  const int64_t batch = delta.size(0), dim = delta.size(1), L = delta.size(2), N = A.size(1), G = BC.size(1);
+  const std::vector<int64_t> ysize = y_cl ? std::vector<int64_t>{batch, L, dim / G} : delta.sizes().vec();
+  TORCH_CHECK(dout.sizes() == at::IntArrayRef(ysize) && dout.is_contiguous() && dout.scalar_type() == u.scalar_type(),
+              "selective_scan backward: dout must be contiguous, shaped like y");
   // the kernel writes every element of these (except when L == 0): no zero-fill needed
   auto alloc = [&](at::IntArrayRef size) { return L == 0 ? at::zeros(size, u.options()) : at::empty(size, u.options()); };
-  at::Tensor du = alloc(u.sizes()), ddelta = alloc(u.sizes());
-  at::Tensor dz = opt_ptr_check(z) ? alloc(u.sizes()) : at::Tensor();
+  at::Tensor du = alloc(u.sizes()), ddelta = alloc(delta.sizes());
+  at::Tensor dz = opt_ptr_check(z) ? alloc(delta.sizes()) : at::Tensor();
   at::Tensor dA_part = alloc({batch, dim, N});
   at::Tensor dD_part = alloc({batch, dim}), db_part = alloc({batch, dim});
-  at::Tensor dB, dC;
+  at::Tensor dBC;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_bwd", [&] {
     Args<scalar_t> a;
-    fill_common<scalar_t>(a, u, delta, A, B, C, D, z, bias, softplus);
-    at::Tensor dBp = alloc({a.P, batch, G, N, L});
-    at::Tensor dCp = alloc({a.P, batch, G, N, L});
+    fill_common<scalar_t>(a, u, delta, A, BC, D, z, bias, softplus, perm, y_cl, 2);
+    // partial sums laid out like BC (its strides are the kernel's)
+    at::Tensor dBCp = BC.is_contiguous() ? alloc({a.P, batch, G, L, 2 * N})
+                                         : alloc({a.P, batch, L, G, 2 * N}).transpose(2, 3);
     if (L > 0) {
       TORCH_CHECK(ckpt.sizes() == at::IntArrayRef({batch, dim, a.nchunks, a.Np}) && ckpt.is_contiguous(),
                   "selective_scan backward: checkpoints do not match the inputs");
@@ -269,16 +305,15 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
       a.dz = dz.defined() ? dz.data_ptr<scalar_t>() : nullptr;
       a.dA_part = dA_part.data_ptr<scalar_t>(); a.dD_part = dD_part.data_ptr<scalar_t>();
       a.dbias_part = db_part.data_ptr<scalar_t>();
-      a.dB_part = dBp.data_ptr<scalar_t>(); a.dC_part = dCp.data_ptr<scalar_t>();
+      a.dBC_part = dBCp.data_ptr<scalar_t>();
       run_tasks(a, pick<scalar_t>(false, int(a.Np / VecT<scalar_t>::lanes)));
     }
-    dB = a.P == 1 ? dBp.squeeze(0) : dBp.sum(0);
-    dC = a.P == 1 ? dCp.squeeze(0) : dCp.sum(0);
+    dBC = a.P == 1 ? dBCp.squeeze(0) : dBCp.sum(0);
   });
   at::Tensor dA = batch == 1 ? dA_part.squeeze(0) : dA_part.sum(0);
   at::Tensor dD = opt_ptr_check(D) ? (batch == 1 ? dD_part.squeeze(0) : dD_part.sum(0)) : at::Tensor();
   at::Tensor dbias = opt_ptr_check(bias) ? (batch == 1 ? db_part.squeeze(0) : db_part.sum(0)) : at::Tensor();
-  return {du, ddelta, dA, dB, dC, dD, dz, dbias};
+  return {du, ddelta, dA, dBC, dD, dz, dbias};
 }
 
 std::string isa_name() { return use_avx2() ? "avx2+fma" : "generic (sse2)"; }
@@ -294,7 +329,7 @@ void set_isa(const std::string& isa) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fwd", &scan_fwd, "selective scan forward: (y, last_state, checkpoints)");
-  m.def("bwd", &scan_bwd, "selective scan backward: (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)");
+  m.def("bwd", &scan_bwd, "selective scan backward: (du, ddelta, dA, dBC, dD, dz, ddelta_bias)");
   m.def("isa", &isa_name, "SIMD code path in use");
   m.def("set_isa", &set_isa, "force the SIMD path: 'auto', 'avx2' or 'generic'");
   m.def("chunk_size", []() { return kChunk; }, "time steps between state checkpoints");

@@ -3,6 +3,14 @@
 // same source compiles to both instruction sets and the choice is made at run time. SS_AVX2 tells
 // which. No include guard (on purpose) and no #include: everything it needs comes from the .cpp.
 
+// Broadcast. Defined here, not in the .cpp, so that it is compiled for each instruction set: GCC
+// lowers 32-byte vector code of a function compiled without AVX into 16-byte halves before
+// inlining, and a splat from the .cpp became 8 vinsertps + vinsertf128 inside the AVX2 kernels
+// (a third of the forward's recursion); here it is one vbroadcastss / vbroadcastsd.
+template <typename V, typename T> SS_INLINE V vsplat(T x);
+template <> SS_INLINE vf vsplat<vf, float>(float x) { return vf{x, x, x, x, x, x, x, x}; }
+template <> SS_INLINE vd vsplat<vd, double>(double x) { return vd{x, x, x, x}; }
+
 // max / min: GCC compiles the `a > b ? a : b` form to compare + blend; the AVX2 build uses vmaxps.
 // Like vmaxps / vminps, a NaN in either operand returns the second: put x second to keep NaN.
 #if SS_AVX2
@@ -132,13 +140,42 @@ SS_INLINE void row_sums(const double* rows, int n, double* out) {
   for (int t = 0; t < n; t += 4) vstore(out + t, sum_rows4(rows + t * 4));
 }
 
-// Copies rows [t0, t0 + T) of a (N, L) matrix into a (kChunk, Np) buffer, zero-padded.
+// Position (in the stored sequence) of step t of a chunk: idx[t] with a permutation, else t0 + t.
+SS_INLINE int64_t pos_of(const int32_t* idx, int64_t t0, int t) { return idx ? int64_t(idx[t]) : t0 + t; }
+
+// The chunk's B and C rows into (kChunk, Np) buffers: row t = the state vector at step t, read from
+// the 2N-long rows of one (batch, group), `ps` elements apart (B in the first N, C in the last N).
+// Lanes past N stay zero from the buffers' allocation; rows past nt are never read.
 template <typename T>
-SS_INLINE void load_chunk_T(const T* src, int64_t L, int64_t N, int64_t Np, int64_t t0, int nt, T* dst) {
-  std::fill(dst, dst + kChunk * Np, T(0));
-  for (int64_t n = 0; n < N; ++n) {
-    const T* s = src + n * L + t0;
-    for (int t = 0; t < nt; ++t) dst[t * Np + n] = s[t];
+SS_INLINE void load_rows(const T* bc, int64_t ps, int64_t N, int64_t Np, const int32_t* idx, int64_t t0, int nt,
+                         T* dstB, T* dstC) {
+  for (int t = 0; t < nt; ++t) {
+    const T* row = bc + pos_of(idx, t0, t) * ps;
+    std::memcpy(dstB + t * Np, row, sizeof(T) * N);
+    std::memcpy(dstC + t * Np, row + N, sizeof(T) * N);
+  }
+}
+
+// dst[0, nt) = src[pos(t) * stride], zeros up to kChunk.
+template <typename T>
+SS_INLINE void gather(const T* src, int64_t stride, const int32_t* idx, int64_t t0, int nt, T* dst) {
+  if (!idx && stride == 1) {
+    std::memcpy(dst, src + t0, sizeof(T) * nt);
+  } else {
+    for (int t = 0; t < nt; ++t) dst[t] = src[pos_of(idx, t0, t) * stride];
+  }
+  std::fill(dst + nt, dst + kChunk, T(0));
+}
+
+// dst[pos(t) * stride] = (or +=, with add) src[t] for t < nt.
+template <typename T>
+SS_INLINE void scatter(T* dst, int64_t stride, const int32_t* idx, int64_t t0, int nt, const T* src, bool add) {
+  if (!idx && stride == 1 && !add) {
+    std::memcpy(dst + t0, src, sizeof(T) * nt);
+  } else if (add) {
+    for (int t = 0; t < nt; ++t) dst[pos_of(idx, t0, t) * stride] += src[t];
+  } else {
+    for (int t = 0; t < nt; ++t) dst[pos_of(idx, t0, t) * stride] = src[t];
   }
 }
 
@@ -154,12 +191,6 @@ SS_INLINE void prefetch_span_w(void* p, int64_t bytes) {
   for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 1, 3);
 }
 
-// dst[0, nt) = src[0, nt), zeros up to kChunk: one chunk of a channel's (batch, dim, L) row.
-template <typename T> SS_INLINE void load_padded(const T* src, int nt, T* dst) {
-  std::memcpy(dst, src, sizeof(T) * nt);
-  std::fill(dst + nt, dst + kChunk, T(0));
-}
-
 // sg = sigmoid(x) over a whole chunk, K vectors at a time.
 template <typename T> SS_INLINE void chunk_sigmoid(const T* x, T* sg) {
   typedef typename VecT<T>::type V;
@@ -172,28 +203,42 @@ template <typename T> SS_INLINE void chunk_sigmoid(const T* x, T* sg) {
   }
 }
 
-// Per-chunk scalar prologue, vectorised over time: dt = softplus(delta + bias), bu = dt * u.
+// Per-chunk prologue, vectorised over time: on entry ub = u and xb = delta of the chunk (zero
+// padded); xb += bias, dtb = softplus(xb) (or xb), bub = dtb * ub.
 template <typename T>
-SS_INLINE void chunk_prologue(const Args<T>& a, int64_t bd, int64_t d, int64_t t0, int nt,
-                              T* dtb, T* ub, T* bub, T* xb) {
+SS_INLINE void chunk_prologue(const Args<T>& a, int64_t d, T* dtb, const T* ub, T* bub, T* xb) {
   typedef typename VecT<T>::type V;
-  constexpr int W = VecT<T>::lanes;
-  const T* dl = a.delta + bd * a.L + t0;
-  const T* uu = a.u + bd * a.L + t0;
-  const T bias = a.bias ? a.bias[d] : T(0);
-  load_padded(uu, nt, ub);
-  for (int t = 0; t < nt; ++t) xb[t] = dl[t] + bias;
-  for (int t = nt; t < kChunk; ++t) xb[t] = 0;
-  constexpr int K = kInterleave;
+  constexpr int W = VecT<T>::lanes, K = kInterleave;
+  const V bias = vsplat<V>(a.bias ? a.bias[d] : T(0));
   for (int t = 0; t < kChunk; t += K * W) {
     V x[K], uv[K];
     vload_k<K>(x, xb + t);
+    SS_EACH x[i] += bias;
+    vstore_k<K>(xb + t, x);
     vload_k<K>(uv, ub + t);
     if (a.softplus) vsoftplus_k<K>(x);
     vstore_k<K>(dtb + t, x);
     SS_EACH uv[i] *= x[i];
     vstore_k<K>(bub + t, uv);
   }
+}
+
+// max |dt| over the chunk (padded rows included: only makes the test more conservative) and
+// whether any dt is NaN.
+template <typename T> SS_INLINE T chunk_absmax(const T* dtb, bool* nan) {
+  typedef typename VecT<T>::type V;
+  constexpr int W = VecT<T>::lanes;
+  V m = V{}, bad = V{};
+  for (int t = 0; t < kChunk; t += W) {
+    const V x = vload<V>(dtb + t);
+    const V ax = x < T(0) ? -x : x;
+    m = ax > m ? ax : m;
+    bad += x - x;  // 0, or NaN for NaN / inf
+  }
+  T r = 0, nb = 0;
+  for (int l = 0; l < W; ++l) { r = std::max(r, m[l]); nb += bad[l]; }
+  *nan = nb != nb;
+  return r;
 }
 
 // Per-channel scratch of one chunk, (kChunk, Np) rows unless noted; lives in L1.
@@ -210,9 +255,10 @@ template <typename T, int NB, bool kClamp>
 SS_INLINE void decay_pass(int nt, int nb, const T* dtb, const typename VecT<T>::type* Av, T* dec) {
   typedef typename VecT<T>::type V;
   constexpr int W = VecT<T>::lanes, K = kInterleave;
+  if (NB > 0) nb = NB;  // compile-time block count: the / and % below become shifts and masks
   for (int v0 = 0; v0 < nt * nb; v0 += K) {
     V y[K];
-    SS_EACH y[i] = vsplat<V>(dtb[(v0 + i) / nb]) * Av[(v0 + i) % nb];
+    SS_EACH y[i] = vsplat<V>(dtb[unsigned(v0 + i) / unsigned(nb)]) * Av[unsigned(v0 + i) % unsigned(nb)];
     vdecay_k<K, kClamp>(y);
     vstore_k<K>(dec + v0 * W, y);
   }
@@ -233,12 +279,8 @@ SS_INLINE void chunk_states(int nt, int nb, int64_t Np, const T* dtb, const T* b
   typedef typename VecT<T>::type V;
   constexpr int W = VecT<T>::lanes;
   T* dec = s.decay.data();
-  T dtmax = 0;
   bool nan = false;
-  for (int t = 0; t < nt; ++t) {
-    dtmax = std::max(dtmax, std::abs(dtb[t]));
-    nan |= dtb[t] != dtb[t];
-  }
+  const T dtmax = chunk_absmax(dtb, &nan);
   if (!nan && dtmax * amax <= T(kDecayArgMax))  // amax is NaN if A has one: clamped path too
     decay_pass<T, NB, false>(nt, nb, dtb, Av, dec);
   else
@@ -263,75 +305,117 @@ SS_INLINE void chunk_states(int nt, int nb, int64_t Np, const T* dtb, const T* b
   }
 }
 
+
+// ---- tasks ------------------------------------------------------------------------------------
+// A task is (batch b, block of channel indices [c_lo, c_hi) within a group); it runs that block in
+// every group g (channel d = g * cpg + c), so outputs summed over groups (a shared u's du, the
+// channels-last y) are written by one task only. Per group, time is walked in chunks; per chunk,
+// the B/C rows are loaded once and every channel of the block runs its recursion over them.
+struct Block { int64_t b, blk, c_lo, c_hi; };
+template <typename T> SS_INLINE Block block_of(const Args<T>& a, int64_t task) {
+  Block k;
+  k.blk = task % a.P;
+  k.b = task / a.P;
+  const int64_t per = (a.cpg + a.P - 1) / a.P;
+  k.c_lo = std::min(a.cpg, k.blk * per);
+  k.c_hi = std::min(a.cpg, (k.blk + 1) * per);
+  return k;
+}
+
+// Where a channel's per-position values live: u / du rows (shared over groups when u_gstride == 0),
+// y / dout (a (batch, dim, L) row, or a (batch, L, cpg) channels-last column summed over groups).
+template <typename T> SS_INLINE int64_t u_row(const Args<T>& a, int64_t b, int64_t g, int64_t c) {
+  return b * a.u_bstride + (g * a.u_gstride + c) * a.L;
+}
+template <typename T> SS_INLINE int64_t y_base(const Args<T>& a, int64_t b, int64_t g, int64_t c) {
+  return a.y_cl ? b * a.L * a.cpg + c : (b * a.dim + g * a.cpg + c) * a.L;
+}
+template <typename T> SS_INLINE int64_t y_stride(const Args<T>& a) { return a.y_cl ? a.cpg : 1; }
+
+// Prefetch the next channel's slices when the chunk is a contiguous run (identity or a reversed
+// row): prefetch_span over [lo, lo + nt). Strided chunks (column-major scans) are left to the
+// hardware's stride prefetcher.
+SS_INLINE bool contiguous_run(const int32_t* idx, int64_t t0, int nt, int64_t* lo) {
+  if (!idx) { *lo = t0; return true; }
+  const int64_t first = idx[0], last = idx[nt - 1];
+  *lo = std::min(first, last);
+  return std::abs(last - first) == nt - 1;
+}
+
 template <typename T, int NB>
 SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
   typedef typename VecT<T>::type V;
   constexpr int W = VecT<T>::lanes;
-  const int64_t nblk = a.P;
-  const int64_t blk = task % nblk, bg = task / nblk, g = bg % a.G, b = bg / a.G;
-  const int64_t per = (a.cpg + nblk - 1) / nblk;
-  const int64_t c_lo = g * a.cpg + std::min(a.cpg, blk * per), c_hi = g * a.cpg + std::min(a.cpg, (blk + 1) * per);
-  const int64_t nch = c_hi - c_lo;
+  const Block k = block_of(a, task);
+  const int64_t nch = k.c_hi - k.c_lo, b = k.b, L = a.L, N = a.N, Np = a.Np;
   if (nch <= 0) return;
-  const int nb = NB > 0 ? NB : int(a.Np / W);
-  const int64_t Np = a.Np;
+  const int nb = NB > 0 ? NB : int(Np / W);
 
-  std::vector<T> bufB(kChunk * Np), bufC(kChunk * Np), hs(nch * Np, T(0)), Ap(nch * Np, T(0));
+  std::vector<T> bufB(kChunk * Np, T(0)), bufC(kChunk * Np, T(0)), hs(nch * Np), Ap(nch * Np, T(0));
   ChunkBufs<T> scratch(Np);
   alignas(64) T dtb[kChunk], ub[kChunk], bub[kChunk], xb[kChunk], yb[kChunk];
-  std::vector<T> amax(nch, T(0));
-  for (int64_t i = 0; i < nch; ++i)
-    for (int64_t n = 0; n < a.N; ++n) {
-      Ap[i * Np + n] = a.A[(c_lo + i) * a.N + n] * kDecayScale<T>;
-      amax[i] = std::max(amax[i], std::abs(Ap[i * Np + n]));
-    }
-  const T* Bsrc = a.B + (b * a.G + g) * a.N * a.L;
-  const T* Csrc = a.C + (b * a.G + g) * a.N * a.L;
-
-  for (int64_t c = 0; c < a.nchunks; ++c) {
-    const int64_t t0 = c * kChunk;
-    const int T_ = int(std::min<int64_t>(kChunk, a.L - t0));
-    load_chunk_T(Bsrc, a.L, a.N, Np, t0, T_, bufB.data());
-    load_chunk_T(Csrc, a.L, a.N, Np, t0, T_, bufC.data());
+  std::vector<T> amax(nch);
+  const int64_t ys = y_stride(a);
+  for (int64_t g = 0; g < a.G; ++g) {
+    std::fill(hs.begin(), hs.end(), T(0));
     for (int64_t i = 0; i < nch; ++i) {
-      const int64_t d = c_lo + i, bd = b * a.dim + d;
-      if (i + 1 < nch) {
-        const int64_t off = (bd + 1) * a.L + t0, bytes = sizeof(T) * T_;
-        prefetch_span(a.u + off, bytes);
-        prefetch_span(a.delta + off, bytes);
-        if (a.z) prefetch_span(a.z + off, bytes);
-        prefetch_span_w(a.y + off, bytes);
+      amax[i] = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        Ap[i * Np + n] = a.A[(g * a.cpg + k.c_lo + i) * N + n] * kDecayScale<T>;
+        amax[i] = std::max(amax[i], std::abs(Ap[i * Np + n]));
       }
-      chunk_prologue(a, bd, d, t0, T_, dtb, ub, bub, xb);
-      V h[NB > 0 ? NB : kMaxNB], Av[NB > 0 ? NB : kMaxNB];
-      for (int j = 0; j < nb; ++j) {
-        h[j] = vload<V>(&hs[i * Np + j * W]);
-        Av[j] = vload<V>(&Ap[i * Np + j * W]);
-      }
-      if (a.ckpt) {
-        T* ck = a.ckpt + (bd * a.nchunks + c) * Np;
-        for (int j = 0; j < nb; ++j) vstore(ck + j * W, h[j]);
-      }
-      chunk_states<T, NB>(T_, nb, Np, dtb, bub, bufB.data(), bufC.data(), Av, amax[i], h, scratch, false, yb);
-      for (int j = 0; j < nb; ++j) vstore(&hs[i * Np + j * W], h[j]);
-      // epilogue: D skip and z gating, vectorised over time
-      const T Dd = a.D ? a.D[d] : T(0);
-      T* yo = a.y + bd * a.L + t0;
-      if (a.z) {
-        alignas(64) T zb[kChunk], sgb[kChunk];
-        load_padded(a.z + bd * a.L + t0, T_, zb);
-        chunk_sigmoid(zb, sgb);
-        for (int t = 0; t < kChunk; t += W)
-          vstore(yb + t, (vload<V>(yb + t) + Dd * vload<V>(ub + t)) * vload<V>(zb + t) * vload<V>(sgb + t));
-      } else if (a.D) {
-        for (int t = 0; t < kChunk; t += W) vstore(yb + t, vload<V>(yb + t) + Dd * vload<V>(ub + t));
-      }
-      std::memcpy(yo, yb, sizeof(T) * T_);
     }
+    const T* bc = a.BC + b * a.bc_bs + g * a.bc_gs;
+    const int32_t* perm = a.perm ? a.perm + g * L : nullptr;
+    const bool accumulate_y = a.y_cl && g > 0;
+    for (int64_t c = 0; c < a.nchunks; ++c) {
+      const int64_t t0 = c * kChunk;
+      const int T_ = int(std::min<int64_t>(kChunk, L - t0));
+      const int32_t* idx = perm ? perm + t0 : nullptr;
+      int64_t lo;
+      const bool run = contiguous_run(idx, t0, T_, &lo);
+      load_rows(bc, a.bc_ps, N, Np, idx, t0, T_, bufB.data(), bufC.data());
+      for (int64_t i = 0; i < nch; ++i) {
+        const int64_t cc = k.c_lo + i, d = g * a.cpg + cc, bd = b * a.dim + d;
+        if (run && i + 1 < nch) {
+          const int64_t bytes = sizeof(T) * T_;
+          prefetch_span(a.u + u_row(a, b, g, cc + 1) + lo, bytes);
+          prefetch_span(a.delta + (bd + 1) * L + lo, bytes);
+          if (a.z) prefetch_span(a.z + (bd + 1) * L + lo, bytes);
+          if (!a.y_cl) prefetch_span_w(a.y + y_base(a, b, g, cc + 1) + lo, bytes);
+        }
+        gather(a.u + u_row(a, b, g, cc), 1, idx, t0, T_, ub);
+        gather(a.delta + bd * L, 1, idx, t0, T_, xb);
+        chunk_prologue(a, d, dtb, ub, bub, xb);
+        V h[NB > 0 ? NB : kMaxNB], Av[NB > 0 ? NB : kMaxNB];
+        for (int j = 0; j < nb; ++j) {
+          h[j] = vload<V>(&hs[i * Np + j * W]);
+          Av[j] = vload<V>(&Ap[i * Np + j * W]);
+        }
+        if (a.ckpt) {
+          T* ck = a.ckpt + (bd * a.nchunks + c) * Np;
+          for (int j = 0; j < nb; ++j) vstore(ck + j * W, h[j]);
+        }
+        chunk_states<T, NB>(T_, nb, Np, dtb, bub, bufB.data(), bufC.data(), Av, amax[i], h, scratch, false, yb);
+        for (int j = 0; j < nb; ++j) vstore(&hs[i * Np + j * W], h[j]);
+        // epilogue: D skip and z gating, vectorised over time
+        const T Dd = a.D ? a.D[d] : T(0);
+        if (a.z) {
+          alignas(64) T zb[kChunk], sgb[kChunk];
+          gather(a.z + bd * L, 1, idx, t0, T_, zb);
+          chunk_sigmoid(zb, sgb);
+          for (int t = 0; t < kChunk; t += W)
+            vstore(yb + t, (vload<V>(yb + t) + Dd * vload<V>(ub + t)) * vload<V>(zb + t) * vload<V>(sgb + t));
+        } else if (a.D) {
+          for (int t = 0; t < kChunk; t += W) vstore(yb + t, vload<V>(yb + t) + Dd * vload<V>(ub + t));
+        }
+        scatter(a.y + y_base(a, b, g, cc), ys, idx, t0, T_, yb, accumulate_y);
+      }
+    }
+    if (a.last)
+      for (int64_t i = 0; i < nch; ++i)
+        std::memcpy(a.last + (b * a.dim + g * a.cpg + k.c_lo + i) * N, &hs[i * Np], sizeof(T) * N);
   }
-  if (a.last)
-    for (int64_t i = 0; i < nch; ++i)
-      std::memcpy(a.last + (b * a.dim + c_lo + i) * a.N, &hs[i * Np], sizeof(T) * a.N);
 }
 
 template <typename T, int NB>
@@ -339,162 +423,171 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
   typedef typename VecT<T>::type V;
   constexpr int W = VecT<T>::lanes;
   constexpr int NBc = NB > 0 ? NB : kMaxNB;
-  const int64_t nblk = a.P;
-  const int64_t blk = task % nblk, bg = task / nblk, g = bg % a.G, b = bg / a.G;
-  const int64_t per = (a.cpg + nblk - 1) / nblk;
-  const int64_t c_lo = g * a.cpg + std::min(a.cpg, blk * per), c_hi = g * a.cpg + std::min(a.cpg, (blk + 1) * per);
-  const int64_t nch = c_hi - c_lo;
-  const int nb = NB > 0 ? NB : int(a.Np / W);
-  const int64_t Np = a.Np, N = a.N, L = a.L;
-  T* dBo = a.dB_part + ((blk * a.batch + b) * a.G + g) * N * L;
-  T* dCo = a.dC_part + ((blk * a.batch + b) * a.G + g) * N * L;
+  const Block k = block_of(a, task);
+  const int64_t nch = k.c_hi - k.c_lo, b = k.b, L = a.L, N = a.N, Np = a.Np;
+  const int nb = NB > 0 ? NB : int(Np / W);
+  // this task's slice of the partial sums of dB / dC: P copies laid out like BC
+  T* dbc_task = a.dBC_part + k.blk * a.bc_size + b * a.bc_bs;
   if (nch <= 0) {  // an empty block still owns its slice of the partial sums
-    std::fill(dBo, dBo + N * L, T(0));
-    std::fill(dCo, dCo + N * L, T(0));
+    for (int64_t g = 0; g < a.G; ++g)
+      for (int64_t p = 0; p < L; ++p) std::fill_n(dbc_task + g * a.bc_gs + p * a.bc_ps, 2 * N, T(0));
     return;
   }
 
-  std::vector<T> bufB(kChunk * Np), bufC(kChunk * Np), bufdB(kChunk * Np), bufdC(kChunk * Np);
+  std::vector<T> bufB(kChunk * Np, T(0)), bufC(kChunk * Np, T(0)), bufdB(kChunk * Np), bufdC(kChunk * Np);
   ChunkBufs<T> scratch(Np);
-  std::vector<T> rs(nch * Np, T(0)), dAs(nch * Np, T(0)), Ap(nch * Np, T(0)), Araw(nch * Np, T(0));
-  std::vector<T> dDs(nch, T(0)), dbs(nch, T(0)), amax(nch, T(0));
+  std::vector<T> rs(nch * Np), dAs(nch * Np), Ap(nch * Np, T(0)), Araw(nch * Np, T(0));
+  std::vector<T> dDs(nch), dbs(nch), amax(nch);
   alignas(64) T dtb[kChunk], ub[kChunk], bub[kChunk], xb[kChunk], y0b[kChunk], dyb[kChunk],
       dub[kChunk], ddtb[kChunk], zb[kChunk], sgb[kChunk], S1b[kChunk], S2b[kChunk];
-  for (int64_t i = 0; i < nch; ++i) {
-    const int64_t d = c_lo + i;
-    for (int64_t n = 0; n < N; ++n) {
-      Araw[i * Np + n] = a.A[d * N + n];
-      Ap[i * Np + n] = a.A[d * N + n] * kDecayScale<T>;
-      amax[i] = std::max(amax[i], std::abs(Ap[i * Np + n]));
-      if (a.dlast) rs[i * Np + n] = a.dlast[(b * a.dim + d) * N + n];
-    }
-  }
-  const T* Bsrc = a.B + (b * a.G + g) * N * L;
-  const T* Csrc = a.C + (b * a.G + g) * N * L;
   const T* Hbuf = scratch.hs.data();
   const T* Abuf = scratch.decay.data();
   T* s1b = scratch.rowsum1.data();
   T* s2b = scratch.rowsum2.data();
+  const int64_t ys = y_stride(a);
 
-  for (int64_t c = a.nchunks - 1; c >= 0; --c) {
-    const int64_t t0 = c * kChunk;
-    const int T_ = int(std::min<int64_t>(kChunk, L - t0));
-    load_chunk_T(Bsrc, L, N, Np, t0, T_, bufB.data());
-    load_chunk_T(Csrc, L, N, Np, t0, T_, bufC.data());
-    std::fill(bufdB.begin(), bufdB.end(), T(0));
-    std::fill(bufdC.begin(), bufdC.end(), T(0));
+  for (int64_t g = 0; g < a.G; ++g) {
     for (int64_t i = 0; i < nch; ++i) {
-      const int64_t d = c_lo + i, bd = b * a.dim + d;
-      if (i + 1 < nch) {
-        const int64_t off = (bd + 1) * L + t0, bytes = sizeof(T) * T_;
-        prefetch_span(a.u + off, bytes);
-        prefetch_span(a.delta + off, bytes);
-        prefetch_span(a.dout + off, bytes);
-        prefetch_span(a.ckpt + ((bd + 1) * a.nchunks + c) * Np, sizeof(T) * Np);
-        prefetch_span_w(a.du + off, bytes);
-        prefetch_span_w(a.ddelta + off, bytes);
-        if (a.z) {
-          prefetch_span(a.z + off, bytes);
-          prefetch_span_w(a.dz + off, bytes);
-        }
+      const int64_t d = g * a.cpg + k.c_lo + i;
+      amax[i] = dDs[i] = dbs[i] = 0;
+      for (int64_t n = 0; n < Np; ++n) {
+        const T An = n < N ? a.A[d * N + n] : T(0);
+        Araw[i * Np + n] = An;
+        Ap[i * Np + n] = An * kDecayScale<T>;
+        amax[i] = std::max(amax[i], std::abs(Ap[i * Np + n]));
+        rs[i * Np + n] = a.dlast && n < N ? a.dlast[(b * a.dim + d) * N + n] : T(0);
+        dAs[i * Np + n] = 0;
       }
-      chunk_prologue(a, bd, d, t0, T_, dtb, ub, bub, xb);
-      V Av[NBc], h[NBc], Ar[NBc];
-      const T* ck = a.ckpt + (bd * a.nchunks + c) * Np;
-      for (int j = 0; j < nb; ++j) {
-        Av[j] = vload<V>(&Ap[i * Np + j * W]);
-        Ar[j] = vload<V>(&Araw[i * Np + j * W]);
-        h[j] = vload<V>(ck + j * W);
-      }
-      // recompute the chunk's states (bit-identical to the forward) and decays; y before gating if z
-      chunk_states<T, NB>(T_, nb, Np, dtb, bub, bufB.data(), bufC.data(), Av, amax[i], h, scratch, true,
-                               a.z ? y0b : nullptr);
-      // gradient reaching the scan output (before D skip and gating)
-      const T Dd = a.D ? a.D[d] : T(0);
-      load_padded(a.dout + bd * L + t0, T_, dyb);
-      if (a.z) {  // y0b: all kChunk rows written by chunk_states (zeros past T_)
-        alignas(64) T dzb[kChunk];
-        load_padded(a.z + bd * L + t0, T_, zb);
-        chunk_sigmoid(zb, sgb);
-        for (int t = 0; t < kChunk; t += W) {
-          const V zv = vload<V>(zb + t), sg = vload<V>(sgb + t), dov = vload<V>(dyb + t);
-          const V yD = vload<V>(y0b + t) + Dd * vload<V>(ub + t);
-          vstore(dzb + t, dov * yD * sg * (T(1) + zv * (T(1) - sg)));
-          vstore(dyb + t, dov * zv * sg);
-        }
-        std::memcpy(a.dz + bd * L + t0, dzb, sizeof(T) * T_);
-      }
-      // adjoint recursion backwards in time; the per-step sums over the state (S1 = sum g B,
-      // S2 = sum g a h_{t-1} A) are kept as lane vectors and reduced W steps at a time afterwards
-      V r[NBc], dA[NBc];
-      for (int j = 0; j < nb; ++j) {
-        r[j] = vload<V>(&rs[i * Np + j * W]);
-        dA[j] = vload<V>(&dAs[i * Np + j * W]);
-      }
-      for (int t = T_ - 1; t >= 0; --t) {
-        const V dyv = vsplat<V>(dyb[t]), buv = vsplat<V>(bub[t]), dtv = vsplat<V>(dtb[t]);
-        const T* Br = &bufB[t * Np];
-        const T* Cr = &bufC[t * Np];
-        T* dBr = &bufdB[t * Np];
-        T* dCr = &bufdC[t * Np];
-        const T* Hn = &Hbuf[(t + 1) * Np];
-        const T* Hp = &Hbuf[t * Np];
-        const T* Arow = &Abuf[t * Np];
-        V s1 = V{}, s2 = V{};
-        for (int j = 0; j < nb; ++j) {
-          const V Bv = vload<V>(Br + j * W);
-          const V gv = r[j] + dyv * vload<V>(Cr + j * W);
-          vstore(dCr + j * W, vload<V>(dCr + j * W) + dyv * vload<V>(Hn + j * W));
-          vstore(dBr + j * W, vload<V>(dBr + j * W) + gv * buv);
-          s1 += gv * Bv;
-          r[j] = vload<V>(Arow + j * W) * gv;          // a_t * g_t: carried to t - 1
-          const V w = r[j] * vload<V>(Hp + j * W);   // g_t * a_t * h_{t-1}
-          s2 += w * Ar[j];
-          dA[j] += w * dtv;
-        }
-        vstore(s1b + t * W, s1);
-        vstore(s2b + t * W, s2);
-      }
-      for (int j = 0; j < nb; ++j) {
-        vstore(&rs[i * Np + j * W], r[j]);
-        vstore(&dAs[i * Np + j * W], dA[j]);
-      }
-      for (int t = T_; t < kChunk; ++t) { vstore(s1b + t * W, V{}); vstore(s2b + t * W, V{}); }
-      row_sums(s1b, kChunk, S1b);
-      row_sums(s2b, kChunk, S2b);
-      // du = dt S1 + D dy; d(dt) = S2 + u S1, then through softplus; dD and d(bias) sums
-      for (int t = 0; t < kChunk; t += W) {
-        const V S1 = vload<V>(S1b + t);
-        vstore(dub + t, vload<V>(dtb + t) * S1 + Dd * vload<V>(dyb + t));
-        vstore(ddtb + t, vload<V>(S2b + t) + vload<V>(ub + t) * S1);
-      }
-      T dD = 0, db = 0;
-      for (int t = 0; t < T_; ++t) dD += dyb[t] * ub[t];
-      if (a.softplus) {
-        chunk_sigmoid(xb, sgb);
-        for (int t = 0; t < kChunk; t += W) {
-          const V x = vload<V>(xb + t);
-          vstore(ddtb + t, vload<V>(ddtb + t) * (x > T(20) ? vsplat<V>(T(1)) : vload<V>(sgb + t)));
-        }
-      }
-      for (int t = 0; t < T_; ++t) db += ddtb[t];
-      dDs[i] += dD;
-      dbs[i] += db;
-      std::memcpy(a.du + bd * L + t0, dub, sizeof(T) * T_);
-      std::memcpy(a.ddelta + bd * L + t0, ddtb, sizeof(T) * T_);
     }
-    // this task's share of dB/dC for the chunk, back to (N, L) layout
-    for (int64_t n = 0; n < N; ++n)
-      for (int t = 0; t < T_; ++t) {
-        dBo[n * L + t0 + t] = bufdB[t * Np + n];
-        dCo[n * L + t0 + t] = bufdC[t * Np + n];
+    const T* bc = a.BC + b * a.bc_bs + g * a.bc_gs;
+    T* dbc = dbc_task + g * a.bc_gs;
+    const int32_t* perm = a.perm ? a.perm + g * L : nullptr;
+    const bool accumulate_du = a.u_gstride == 0 && g > 0;
+
+    for (int64_t c = a.nchunks - 1; c >= 0; --c) {
+      const int64_t t0 = c * kChunk;
+      const int T_ = int(std::min<int64_t>(kChunk, L - t0));
+      const int32_t* idx = perm ? perm + t0 : nullptr;
+      int64_t lo;
+      const bool run = contiguous_run(idx, t0, T_, &lo);
+      load_rows(bc, a.bc_ps, N, Np, idx, t0, T_, bufB.data(), bufC.data());
+      std::fill(bufdB.begin(), bufdB.end(), T(0));
+      std::fill(bufdC.begin(), bufdC.end(), T(0));
+      for (int64_t i = 0; i < nch; ++i) {
+        const int64_t cc = k.c_lo + i, d = g * a.cpg + cc, bd = b * a.dim + d;
+        if (i + 1 < nch) {
+          prefetch_span(a.ckpt + ((bd + 1) * a.nchunks + c) * Np, sizeof(T) * Np);
+          if (run) {
+            const int64_t bytes = sizeof(T) * T_;
+            prefetch_span(a.u + u_row(a, b, g, cc + 1) + lo, bytes);
+            prefetch_span(a.delta + (bd + 1) * L + lo, bytes);
+            if (!a.y_cl) prefetch_span(a.dout + y_base(a, b, g, cc + 1) + lo, bytes);
+            prefetch_span_w(a.ddelta + (bd + 1) * L + lo, bytes);
+            if (a.z) {
+              prefetch_span(a.z + (bd + 1) * L + lo, bytes);
+              prefetch_span_w(a.dz + (bd + 1) * L + lo, bytes);
+            }
+          }
+        }
+        gather(a.u + u_row(a, b, g, cc), 1, idx, t0, T_, ub);
+        gather(a.delta + bd * L, 1, idx, t0, T_, xb);
+        chunk_prologue(a, d, dtb, ub, bub, xb);
+        V Av[NBc], h[NBc], Ar[NBc];
+        const T* ck = a.ckpt + (bd * a.nchunks + c) * Np;
+        for (int j = 0; j < nb; ++j) {
+          Av[j] = vload<V>(&Ap[i * Np + j * W]);
+          Ar[j] = vload<V>(&Araw[i * Np + j * W]);
+          h[j] = vload<V>(ck + j * W);
+        }
+        // recompute the chunk's states (bit-identical to the forward) and decays; y before gating if z
+        chunk_states<T, NB>(T_, nb, Np, dtb, bub, bufB.data(), bufC.data(), Av, amax[i], h, scratch, true,
+                            a.z ? y0b : nullptr);
+        // gradient reaching the scan output (before D skip and gating)
+        const T Dd = a.D ? a.D[d] : T(0);
+        gather(a.dout + y_base(a, b, g, cc), ys, idx, t0, T_, dyb);
+        if (a.z) {  // y0b: all kChunk rows written by chunk_states (zeros past T_)
+          alignas(64) T dzb[kChunk];
+          gather(a.z + bd * L, 1, idx, t0, T_, zb);
+          chunk_sigmoid(zb, sgb);
+          for (int t = 0; t < kChunk; t += W) {
+            const V zv = vload<V>(zb + t), sg = vload<V>(sgb + t), dov = vload<V>(dyb + t);
+            const V yD = vload<V>(y0b + t) + Dd * vload<V>(ub + t);
+            vstore(dzb + t, dov * yD * sg * (T(1) + zv * (T(1) - sg)));
+            vstore(dyb + t, dov * zv * sg);
+          }
+          scatter(a.dz + bd * L, 1, idx, t0, T_, dzb, false);
+        }
+        // adjoint recursion backwards in time; the per-step sums over the state (S1 = sum g B,
+        // S2 = sum g a h_{t-1} A) are kept as lane vectors and reduced W steps at a time afterwards
+        V r[NBc], dA[NBc];
+        for (int j = 0; j < nb; ++j) {
+          r[j] = vload<V>(&rs[i * Np + j * W]);
+          dA[j] = vload<V>(&dAs[i * Np + j * W]);
+        }
+        for (int t = T_ - 1; t >= 0; --t) {
+          const V dyv = vsplat<V>(dyb[t]), buv = vsplat<V>(bub[t]), dtv = vsplat<V>(dtb[t]);
+          const T* Br = &bufB[t * Np];
+          const T* Cr = &bufC[t * Np];
+          T* dBr = &bufdB[t * Np];
+          T* dCr = &bufdC[t * Np];
+          const T* Hn = &Hbuf[(t + 1) * Np];
+          const T* Hp = &Hbuf[t * Np];
+          const T* Arow = &Abuf[t * Np];
+          V s1 = V{}, s2 = V{};
+          for (int j = 0; j < nb; ++j) {
+            const V Bv = vload<V>(Br + j * W);
+            const V gv = r[j] + dyv * vload<V>(Cr + j * W);
+            vstore(dCr + j * W, vload<V>(dCr + j * W) + dyv * vload<V>(Hn + j * W));
+            vstore(dBr + j * W, vload<V>(dBr + j * W) + gv * buv);
+            s1 += gv * Bv;
+            r[j] = vload<V>(Arow + j * W) * gv;          // a_t * g_t: carried to t - 1
+            const V w = r[j] * vload<V>(Hp + j * W);   // g_t * a_t * h_{t-1}
+            s2 += w * Ar[j];
+            dA[j] += w * dtv;
+          }
+          vstore(s1b + t * W, s1);
+          vstore(s2b + t * W, s2);
+        }
+        for (int j = 0; j < nb; ++j) {
+          vstore(&rs[i * Np + j * W], r[j]);
+          vstore(&dAs[i * Np + j * W], dA[j]);
+        }
+        for (int t = T_; t < kChunk; ++t) { vstore(s1b + t * W, V{}); vstore(s2b + t * W, V{}); }
+        row_sums(s1b, kChunk, S1b);
+        row_sums(s2b, kChunk, S2b);
+        // du = dt S1 + D dy; d(dt) = S2 + u S1, then through softplus; dD and d(bias) sums
+        for (int t = 0; t < kChunk; t += W) {
+          const V S1 = vload<V>(S1b + t);
+          vstore(dub + t, vload<V>(dtb + t) * S1 + Dd * vload<V>(dyb + t));
+          vstore(ddtb + t, vload<V>(S2b + t) + vload<V>(ub + t) * S1);
+        }
+        T dD = 0, db = 0;
+        for (int t = 0; t < T_; ++t) dD += dyb[t] * ub[t];
+        if (a.softplus) {
+          chunk_sigmoid(xb, sgb);
+          for (int t = 0; t < kChunk; t += W) {
+            const V x = vload<V>(xb + t);
+            vstore(ddtb + t, vload<V>(ddtb + t) * (x > T(20) ? vsplat<V>(T(1)) : vload<V>(sgb + t)));
+          }
+        }
+        for (int t = 0; t < T_; ++t) db += ddtb[t];
+        dDs[i] += dD;
+        dbs[i] += db;
+        scatter(a.du + u_row(a, b, g, cc), 1, idx, t0, T_, dub, accumulate_du);
+        scatter(a.ddelta + bd * L, 1, idx, t0, T_, ddtb, false);
       }
-  }
-  for (int64_t i = 0; i < nch; ++i) {
-    const int64_t bd = b * a.dim + c_lo + i;
-    std::memcpy(a.dA_part + bd * N, &dAs[i * Np], sizeof(T) * N);
-    a.dD_part[bd] = dDs[i];
-    a.dbias_part[bd] = dbs[i];
+      // this task's share of dB/dC for the chunk, back to the (L, 2N) rows
+      for (int t = 0; t < T_; ++t) {
+        T* row = dbc + pos_of(idx, t0, t) * a.bc_ps;
+        std::memcpy(row, &bufdB[t * Np], sizeof(T) * N);
+        std::memcpy(row + N, &bufdC[t * Np], sizeof(T) * N);
+      }
+    }
+    for (int64_t i = 0; i < nch; ++i) {
+      const int64_t bd = b * a.dim + g * a.cpg + k.c_lo + i;
+      std::memcpy(a.dA_part + bd * N, &dAs[i * Np], sizeof(T) * N);
+      a.dD_part[bd] = dDs[i];
+      a.dbias_part[bd] = dbs[i];
+    }
   }
 }
-
