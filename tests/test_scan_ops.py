@@ -213,10 +213,10 @@ def test_cpu_kernel_keeps_only_chunk_checkpoints():
     u, delta, A, B, C, D, z, bias = [x[k].detach() for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')]
     bc = torch.cat([B, C], dim=2).transpose(2, 3).contiguous()
     args = (u, delta, A, bc, D, z, bias, True)
-    _, _, ckpt = ext.fwd(*args, True, None, False)
+    _, _, ckpt = ext.fwd(*args, True, None, None)
     k = ext.chunk_size()
     assert tuple(ckpt.shape) == (1, 4, -(-1000 // k), 16)
-    _, _, none = ext.fwd(*args, False, None, False)
+    _, _, none = ext.fwd(*args, False, None, None)
     assert none.numel() == 0
 
 

@@ -147,12 +147,12 @@ def test_wrong_input_channels_named():
 
 
 def _expected_ssm_costs(net: Serpent, batch: int, h: int, w: int):
-    """Analytic scan elements and per-direction projection FLOPs of every SS2D in `net`."""
+    """Analytic scan elements, x_proj FLOPs and dt_proj FLOPs (fused into the scan) of every SS2D."""
     from serpent_basicsr.archs.vss_block import SS2D
     o = net.options
     m = net.pad_multiple
     hp, wp = -(-h // m) * m // o['patch_size'], -(-w // m) * m // o['patch_size']
-    elements, proj = 0, 0
+    elements, proj, dt_proj = 0, 0, 0
     for name, mod in net.named_modules():
         if isinstance(mod, SS2D):
             scale = 0 if name.startswith(('encoder', 'decoder')) else len(o['depths'])
@@ -161,21 +161,22 @@ def _expected_ssm_costs(net: Serpent, batch: int, h: int, w: int):
             length = (hp >> scale) * (wp >> scale)
             k, d, n, r = mod.directions, mod.d_inner, mod.d_state, mod.dt_rank
             elements += batch * k * d * length * n
-            proj += 2 * batch * k * length * d * (r + 2 * n) + 2 * batch * k * length * r * d
-    return elements, proj
+            proj += 2 * batch * k * length * d * (r + 2 * n)
+            dt_proj += 2 * batch * k * length * r * d
+    return elements, proj, dt_proj
 
 
 def test_flops_include_the_scan_analytically():
     shape = (2, 3, 24, 40)
     r4 = count_params_flops(tiny(directions=4), shape)
     r1 = count_params_flops(tiny(directions=1), shape)
-    e4, p4 = _expected_ssm_costs(tiny(directions=4), 2, 24, 40)
-    e1, p1 = _expected_ssm_costs(tiny(directions=1), 2, 24, 40)
+    e4, p4, t4 = _expected_ssm_costs(tiny(directions=4), 2, 24, 40)
+    e1, p1, t1 = _expected_ssm_costs(tiny(directions=1), 2, 24, 40)
     assert r4['scan_elements'] == e4 and r1['scan_elements'] == e1 and e4 == 4 * e1
-    assert r4['flops_scan'] == SCAN_FLOPS_PER_ELEMENT * e4
+    assert r4['flops_scan'] == SCAN_FLOPS_PER_ELEMENT * e4 + t4  # the dt projection is fused into the scan
     assert r4['flops'] == r4['flops_other'] + r4['flops_scan']
     # everything outside SS2D is identical, so the difference is exactly 3 directions' worth
-    assert r4['flops'] - r1['flops'] == SCAN_FLOPS_PER_ELEMENT * (e4 - e1) + (p4 - p1)
+    assert r4['flops'] - r1['flops'] == SCAN_FLOPS_PER_ELEMENT * (e4 - e1) + (p4 - p1) + (t4 - t1)
     assert r4['scan_calls'] == 5  # 2 encoder + 1 bottleneck + 2 decoder blocks
 
 

@@ -39,9 +39,11 @@ def count_params_flops(net: nn.Module, input_shape: Sequence[int], meta: bool = 
     """Forward cost of `net` on one input of `input_shape` (B, C, H, W).
 
     Returns params, flops (= flops_other + flops_scan), flops_other (FlopCounterMode, scan
-    excluded), flops_scan (analytic), scan_calls and scan_elements (sum of batch * dim * L * N).
+    excluded), flops_scan (analytic: the scan, plus the dt projection the cross scan fuses in),
+    scan_calls and scan_elements (sum of batch * dim * L * N).
     """
     calls: List[int] = []
+    dt_proj: List[int] = []  # FLOPs of projections fused into the scan (matmuls the counter cannot see)
 
     def scan_stand_in(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                       return_last_state=False, backend=None):
@@ -50,11 +52,12 @@ def count_params_flops(net: nn.Module, input_shape: Sequence[int], meta: bool = 
         y = u * 1.0  # element-wise: invisible to FlopCounterMode, same shape and dtype
         return (y, u.new_zeros(batch, dim, A.shape[-1])) if return_last_state else y
 
-    def cross_scan_stand_in(x, delta, A, BC, height, width, D=None, delta_bias=None, delta_softplus=True,
+    def cross_scan_stand_in(x, rows, dt_weight, A, height, width, D=None, delta_bias=None, delta_softplus=True,
                             backend=None):
-        batch, channels, length = delta.shape  # channels = K * D: one scan element per direction
-        calls.append(batch * channels * length * A.shape[-1])
-        return x.transpose(1, 2) * 1.0
+        batch, length, _ = x.shape  # one scan element per direction, channel, pixel and state
+        calls.append(batch * dt_weight.shape[0] * length * A.shape[-1])
+        dt_proj.append(2 * batch * dt_weight.shape[0] * length * dt_weight.shape[1])  # fused dt projection
+        return x * 1.0
 
     params = count_params(net)
     model, device = net, next(net.parameters()).device
@@ -72,7 +75,7 @@ def count_params_flops(net: nn.Module, input_shape: Sequence[int], meta: bool = 
         model.train(was_training)
     scan_elements = sum(calls)
     flops_other = int(counter.get_total_flops())
-    flops_scan = SCAN_FLOPS_PER_ELEMENT * scan_elements
+    flops_scan = SCAN_FLOPS_PER_ELEMENT * scan_elements + sum(dt_proj)
     return dict(params=params, flops=flops_other + flops_scan, flops_other=flops_other,
                 flops_scan=flops_scan, scan_calls=len(calls), scan_elements=scan_elements,
                 input_shape=list(input_shape))

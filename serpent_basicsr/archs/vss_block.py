@@ -99,17 +99,16 @@ class SS2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, d, h, w = x.shape
         k, n, r = self.directions, self.d_state, self.dt_rank
-        xf = x.reshape(b, d, h * w)
-        # The projections are per pixel, so they are computed once in pixel order and the scan
-        # walks each direction's order itself (ops.cross_selective_scan): no cross-scan copies.
-        w_dt, w_bc = torch.split(self.x_proj_weight, [r, 2 * n], dim=1)    # (K, R, D), (K, 2N, D)
-        dts = torch.matmul(w_dt, xf.unsqueeze(1))                          # (B, K, R, L)
-        deltas = torch.matmul(self.dt_projs_weight, dts)                   # (B, K, D, L)
-        # (B, L, D) @ (D, K * 2N): B and C rows of every direction, viewed as (B, K, L, 2N)
-        bc = torch.matmul(xf.transpose(1, 2), w_bc.reshape(k * 2 * n, d).t())
-        bc = bc.view(b, h * w, k, 2 * n).transpose(1, 2)
-        y = ops.cross_selective_scan(xf, deltas.reshape(b, k * d, h * w), -torch.exp(self.A_logs), bc, h, w,
-                                     D=self.Ds, delta_bias=self.dt_projs_bias.reshape(-1), delta_softplus=True)
+        # channels-last pixels (free when x is in channels_last memory format, as VSSBlock makes it)
+        xc = x.permute(0, 2, 3, 1).reshape(b, h * w, d)
+        # The projections are per pixel, so one matmul gives every direction's dt inputs, B and C in
+        # pixel order; the scan walks each direction's order itself and applies dt_proj on the fly
+        # (ops.cross_selective_scan): no cross-scan copies, no (B, K * D, L) delta tensor.
+        rows = torch.matmul(xc, self.x_proj_weight.reshape(k * (r + 2 * n), d).t())  # (B, L, K * (R + 2N))
+        rows = rows.view(b, h * w, k, r + 2 * n).transpose(1, 2)                    # (B, K, L, R + 2N)
+        y = ops.cross_selective_scan(xc, rows, self.dt_projs_weight.reshape(k * d, r), -torch.exp(self.A_logs),
+                                     h, w, D=self.Ds, delta_bias=self.dt_projs_bias.reshape(-1),
+                                     delta_softplus=True)
         return self.out_norm(y.view(b, h, w, d))
 
 
@@ -176,7 +175,9 @@ class VSSBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xz = self.in_proj(self.norm(x))
         xi, z = xz.chunk(2, dim=-1)
-        xi = F.silu(self.conv2d(xi.permute(0, 3, 1, 2).contiguous()))
+        # channels_last memory: the conv reads the (B, H, W, D) pixels as they are and the mixer
+        # gets channels-last pixels back without a copy
+        xi = F.silu(self.conv2d(xi.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)))
         y = self.mixer(xi) * F.silu(z)
         x = x + self.drop_path(self.out_proj(y))
         if self.mlp is not None:

@@ -38,34 +38,32 @@ def load_error() -> Optional[str]:
 
 
 class _ScanCpu(torch.autograd.Function):
-    """Kernel layout (csrc/selective_scan_cpu.cpp): BC = (batch, groups, L, 2N) rows of B then C;
-    u (batch, dim, L) or shared over groups (batch, dim / groups, L); perm (groups, L) int32 or
-    None; y_cl: y is channels-last (batch, L, dim / groups), summed over groups."""
+    """Kernel layouts (csrc/selective_scan_cpu.cpp). Plain: u, delta (batch, dim, L), rows = B and C
+    as (batch, groups, L, 2N). Cross (Wdt given): u (batch, L, dim / groups) shared by the groups,
+    delta = Wdt (dim, R) times the rows' first R values, rows (batch, groups, L, R + 2N), y
+    (batch, L, dim / groups) summed over groups. perm (groups, L) int32 or None (identity)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, BC, D, z, delta_bias, delta_softplus, perm, y_cl):  # noqa: D102
+    def forward(ctx, u, delta, A, rows, D, z, delta_bias, delta_softplus, perm, Wdt):  # noqa: D102
         ext = load()
-        need_grad = any(ctx.needs_input_grad[:7])
-        y, last, ckpt = ext.fwd(u, delta, A, BC, D, z, delta_bias, delta_softplus, need_grad, perm, y_cl)
-        ctx.delta_softplus, ctx.perm, ctx.y_cl = delta_softplus, perm, y_cl
+        need_grad = any(ctx.needs_input_grad[:7]) or ctx.needs_input_grad[9]
+        y, last, ckpt = ext.fwd(u, delta, A, rows, D, z, delta_bias, delta_softplus, need_grad, perm, Wdt)
+        ctx.delta_softplus, ctx.perm = delta_softplus, perm
         ctx.set_materialize_grads(False)
         if need_grad:
-            ctx.save_for_backward(u, delta, A, BC, D, z, delta_bias, ckpt)
+            ctx.save_for_backward(u, delta, A, rows, D, z, delta_bias, Wdt, ckpt)
         return y, last
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dlast):  # noqa: D102
-        u, delta, A, BC, D, z, delta_bias, ckpt = ctx.saved_tensors
-        if dy is None:
-            b, dim, length = delta.shape
-            dy = delta.new_zeros((b, length, dim // BC.shape[1]) if ctx.y_cl else delta.shape)
-        dy = dy.contiguous().to(u.dtype)
+        u, delta, A, rows, D, z, delta_bias, Wdt, ckpt = ctx.saved_tensors
+        dy = torch.zeros_like(u) if dy is None else dy.contiguous().to(u.dtype)
         if dlast is not None:
             dlast = dlast.contiguous().to(u.dtype)
-        du, ddelta, dA, dBC, dD, dz, dbias = load().bwd(
-            u, delta, A, BC, D, z, delta_bias, ctx.delta_softplus, ckpt, dy, dlast, ctx.perm, ctx.y_cl)
-        return du, ddelta, dA, dBC, dD, dz, dbias, None, None, None
+        du, ddelta, dA, drows, dD, dz, dbias, dWdt = load().bwd(
+            u, delta, A, rows, D, z, delta_bias, ctx.delta_softplus, ckpt, dy, dlast, ctx.perm, Wdt)
+        return du, ddelta, dA, drows, dD, dz, dbias, None, None, dWdt
 
 
 def _check_available(device: torch.device) -> None:
@@ -86,26 +84,26 @@ def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     x = prepare(u, delta, A, B, C, D, z, delta_bias)
     # the kernel reads B and C as rows over the state: (batch, groups, L, 2N)
     bc = torch.cat([x.B, x.C], dim=2).transpose(2, 3).contiguous()
-    y, last = _ScanCpu.apply(x.u, x.delta, x.A, bc, x.D, x.z, x.delta_bias, bool(delta_softplus), None, False)
+    y, last = _ScanCpu.apply(x.u, x.delta, x.A, bc, x.D, x.z, x.delta_bias, bool(delta_softplus), None, None)
     y = y.to(u.dtype)
     return (y, last) if return_last_state else y
 
 
-def cross_scan_cpu(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, BC: torch.Tensor, perm: torch.Tensor,
-                   D: Optional[torch.Tensor] = None, delta_bias: Optional[torch.Tensor] = None,
+def cross_scan_cpu(x: torch.Tensor, dt_weight: torch.Tensor, A: torch.Tensor, rows: torch.Tensor,
+                   perm: torch.Tensor, D: Optional[torch.Tensor] = None, delta_bias: Optional[torch.Tensor] = None,
                    delta_softplus: bool = True) -> torch.Tensor:
-    """The kernel's fused cross-scan (see ss2d_scan.cross_selective_scan for the contract):
-    x (batch, D, L) shared by the K directions, delta (batch, K * D, L), BC (batch, K, L, 2N),
-    perm (K, L) int32; returns y (batch, L, D) summed over directions, in x's dtype."""
+    """The kernel's cross mode (the contract is ss2d_scan.cross_selective_scan's): x (batch, L, D)
+    shared by the K directions, dt_weight (K * D, R), rows (batch, K, L, R + 2N), perm (K, L);
+    returns y (batch, L, D) summed over directions, in x's dtype."""
     _check_available(x.device)
     acc = compute_dtype(x.dtype)
 
     def cast(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return None if t is None else t.to(acc).contiguous()
 
-    bc = BC.to(acc)
-    if not (bc.stride(3) == 1 and (bc.is_contiguous() or bc.transpose(1, 2).is_contiguous())):
-        bc = bc.contiguous()
-    y, _ = _ScanCpu.apply(cast(x), cast(delta), cast(A), bc, cast(D), None, cast(delta_bias),
-                          bool(delta_softplus), perm.to(torch.int32).contiguous(), True)
+    r = rows.to(acc)
+    if not (r.stride(3) == 1 and (r.is_contiguous() or r.transpose(1, 2).is_contiguous())):
+        r = r.contiguous()
+    y, _ = _ScanCpu.apply(cast(x), None, cast(A), r, cast(D), None, cast(delta_bias), bool(delta_softplus),
+                          perm.to(torch.int32).contiguous(), cast(dt_weight))
     return y.to(x.dtype)

@@ -81,11 +81,15 @@ template <typename T> struct Args {
   T* dA_part;   // (batch, dim, N)
   T* dD_part;   // (batch, dim)
   T* dbias_part;  // (batch, dim)
-  T* dBC_part;  // P copies of BC's layout, bc_size elements apart
-  int64_t bc_bs, bc_gs, bc_ps, bc_size;  // BC element strides of batch, group, position; P stride
+  T* dBC_part;  // P copies of the rows' layout, bc_size elements apart
+  int64_t bc_bs, bc_gs, bc_ps, bc_size;  // row element strides of batch, group, position; P stride
   int64_t batch, dim, L, N, Np, G, cpg, P, nchunks;
-  int64_t u_bstride, u_gstride;  // u / du channel (b, g, c) at b * u_bstride + (g * u_gstride + c) * L
-  bool y_cl;  // y / dout: (batch, L, cpg) summed over groups, else (batch, dim, L)
+  // cross mode (SS2D): u / du / y / dout are channels-last (batch, L, cpg), u shared by the groups
+  // and y summed over them; delta = Wdt (dim, R) times the rows' first R values (no delta tensor)
+  bool cross;
+  int64_t R;
+  const T* Wdt;
+  T* dWdt_part;  // (batch, dim, R)
   bool softplus;
 };
 
@@ -138,32 +142,47 @@ TaskFn<T> pick(bool fwd, int nb) {
 // ---- host side ------------------------------------------------------------------------------
 bool opt_ptr_check(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
-// BC (batch, G, L, 2N) is stored either contiguously or as a (batch, L, G, 2N) tensor transposed.
-bool bc_dense(const at::Tensor& BC) {
-  return BC.is_contiguous() || BC.transpose(1, 2).is_contiguous();
+// The rows (batch, G, L, R + 2N) are stored either contiguously or as a (batch, L, G, R + 2N)
+// tensor transposed (what a projection of channels-last pixels gives); rows themselves contiguous.
+bool rows_dense(const at::Tensor& rows) {
+  return rows.stride(3) == 1 && (rows.is_contiguous() || rows.transpose(1, 2).is_contiguous());
 }
 
-// Shapes of the kernel's layout (see the top of this file); raises naming the argument.
-void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& BC,
-                  const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
-                  const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& perm, bool y_cl) {
+// Shapes of the kernel's two layouts (see the top of this file); raises naming the argument.
+// Plain: u, delta (batch, dim, L), rows = BC (batch, G, L, 2N). Cross (Wdt given): u (batch, L, dim / G),
+// no delta, rows (batch, G, L, R + 2N) with R = Wdt.size(1), no z.
+void check_inputs(const at::Tensor& u, const c10::optional<at::Tensor>& delta, const at::Tensor& A,
+                  const at::Tensor& rows, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
+                  const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& perm,
+                  const c10::optional<at::Tensor>& Wdt) {
   TORCH_CHECK(u.device().is_cpu(), "selective_scan cpu backend: tensors must be on the CPU");
   TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble,
               "selective_scan cpu backend: float32 or float64 expected, got ", u.scalar_type());
-  TORCH_CHECK(delta.dim() == 3, "selective_scan: delta must be (batch, dim, L)");
-  const int64_t batch = delta.size(0), dim = delta.size(1), L = delta.size(2);
-  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim, "selective_scan: A must be (dim, N)");
-  const int64_t N = A.size(1);
-  TORCH_CHECK(BC.dim() == 4 && BC.size(0) == batch && BC.size(2) == L && BC.size(3) == 2 * N,
-              "selective_scan cpu kernel: BC must be (batch, groups, L, 2N)");
-  TORCH_CHECK(BC.stride(3) == 1 && BC.scalar_type() == u.scalar_type() && bc_dense(BC),
-              "selective_scan cpu kernel: BC must have contiguous rows and be (batch, groups, L, 2N) or "
-              "(batch, L, groups, 2N) in memory");
-  const int64_t G = BC.size(1);
+  TORCH_CHECK(A.dim() == 2, "selective_scan: A must be (dim, N)");
+  const int64_t dim = A.size(0), N = A.size(1);
+  const bool cross = opt_ptr_check(Wdt);
+  const int64_t R = cross ? Wdt->size(1) : 0;
+  TORCH_CHECK(rows.dim() == 4 && rows.size(3) == R + 2 * N,
+              "selective_scan cpu kernel: rows must be (batch, groups, L, R + 2N) with R = ", R);
+  const int64_t batch = rows.size(0), G = rows.size(1), L = rows.size(2);
   TORCH_CHECK(G > 0 && dim % G == 0, "selective_scan: dim must be divisible by groups");
-  TORCH_CHECK(u.dim() == 3 && u.size(0) == batch && u.size(2) == L && (u.size(1) == dim || u.size(1) * G == dim),
-              "selective_scan cpu kernel: u must be (batch, dim, L) or (batch, dim / groups, L)");
-  for (const at::Tensor* t : {&u, &delta, &A}) {
+  TORCH_CHECK(rows.scalar_type() == u.scalar_type() && rows_dense(rows),
+              "selective_scan cpu kernel: rows must have contiguous rows and be (batch, groups, L, R + 2N) or "
+              "(batch, L, groups, R + 2N) in memory");
+  if (cross) {
+    TORCH_CHECK(!opt_ptr_check(delta) && !opt_ptr_check(z), "selective_scan cpu kernel: cross mode takes no delta, z");
+    TORCH_CHECK(Wdt->dim() == 2 && Wdt->size(0) == dim && Wdt->is_contiguous() && Wdt->scalar_type() == u.scalar_type(),
+                "selective_scan cpu kernel: Wdt must be (dim, R)");
+    TORCH_CHECK(u.dim() == 3 && u.size(0) == batch && u.size(1) == L && u.size(2) * G == dim,
+                "selective_scan cpu kernel: u must be (batch, L, dim / groups) in cross mode");
+  } else {
+    TORCH_CHECK(opt_ptr_check(delta) && delta->dim() == 3 && delta->size(0) == batch && delta->size(1) == dim &&
+                    delta->size(2) == L, "selective_scan: delta must be (batch, dim, L)");
+    TORCH_CHECK(delta->is_contiguous() && delta->scalar_type() == u.scalar_type(),
+                "selective_scan cpu backend: inputs must be contiguous and of one dtype");
+    TORCH_CHECK(u.sizes() == delta->sizes(), "selective_scan: u must be (batch, dim, L) like delta");
+  }
+  for (const at::Tensor* t : {&u, &A}) {
     TORCH_CHECK(t->is_contiguous() && t->scalar_type() == u.scalar_type(),
                 "selective_scan cpu backend: inputs must be contiguous and of one dtype");
   }
@@ -173,11 +192,9 @@ void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
                       (*t)->scalar_type() == u.scalar_type(), "selective_scan: D and delta_bias must be (dim,)");
     }
   }
-  if (opt_ptr_check(z)) {
-    TORCH_CHECK(!y_cl, "selective_scan cpu kernel: z gating is not supported with the channels-last output");
-    TORCH_CHECK(z->sizes() == delta.sizes() && z->is_contiguous() && z->scalar_type() == u.scalar_type(),
-                "selective_scan: z must be (batch, dim, L) like delta");
-  }
+  if (opt_ptr_check(z))
+    TORCH_CHECK(z->sizes() == u.sizes() && z->is_contiguous() && z->scalar_type() == u.scalar_type(),
+                "selective_scan: z must be (batch, dim, L) like u");
   if (opt_ptr_check(perm)) {
     TORCH_CHECK(perm->scalar_type() == at::kInt && perm->dim() == 2 && perm->size(0) == G && perm->size(1) == L &&
                     perm->is_contiguous(), "selective_scan cpu kernel: perm must be int32 (groups, L)");
@@ -194,12 +211,13 @@ template <typename T> const T* opt_data(const c10::optional<at::Tensor>& t) {
 // thread: on a busy machine, waking the OpenMP team and waiting at its barrier costs more.
 constexpr int64_t kSerialWork = int64_t(1) << 22;
 
-// Channel blocks: about `per_thread` tasks per thread (balance), never more than a group's
-// channels; one block when the call runs serially (then dB/dC need no partial sums). The backward
-// asks for fewer (each block holds a partial dB/dC the size of B and C).
-int64_t channel_blocks(int64_t batch, int64_t cpg, int64_t work, int64_t per_thread) {
+// Channel blocks: about two tasks per thread, never more than a group's channels; one block when
+// the call runs serially (then dB/dC need no partial sums). Few, large blocks: each task loads a
+// chunk's B/C rows once for all its channels, and each block holds a partial dB/dC the size of
+// B and C (dynamic scheduling still evens out a busy machine).
+int64_t channel_blocks(int64_t batch, int64_t cpg, int64_t work) {
   if (work < kSerialWork || at::get_num_threads() <= 1) return 1;
-  const int64_t want = per_thread * int64_t(at::get_num_threads());
+  const int64_t want = 2 * int64_t(at::get_num_threads());
   return std::max<int64_t>(1, std::min<int64_t>(cpg, (want + batch - 1) / batch));
 }
 
@@ -221,41 +239,41 @@ void run_tasks(const Args<T>& a, TaskFn<T> fn) {
 }
 
 template <typename T>
-void fill_common(Args<T>& a, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                 const at::Tensor& BC, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
+void fill_common(Args<T>& a, const at::Tensor& u, const c10::optional<at::Tensor>& delta, const at::Tensor& A,
+                 const at::Tensor& rows, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
                  const c10::optional<at::Tensor>& bias, bool softplus, const c10::optional<at::Tensor>& perm,
-                 bool y_cl, int64_t per_thread) {
+                 const c10::optional<at::Tensor>& Wdt) {
   std::memset(&a, 0, sizeof(a));
   constexpr int W = VecT<T>::lanes;
-  a.u = u.data_ptr<T>(); a.delta = delta.data_ptr<T>(); a.A = A.data_ptr<T>(); a.BC = BC.data_ptr<T>();
-  a.bc_bs = BC.stride(0); a.bc_gs = BC.stride(1); a.bc_ps = BC.stride(2); a.bc_size = BC.numel();
+  a.u = u.data_ptr<T>(); a.delta = opt_data<T>(delta); a.A = A.data_ptr<T>(); a.BC = rows.data_ptr<T>();
+  a.bc_bs = rows.stride(0); a.bc_gs = rows.stride(1); a.bc_ps = rows.stride(2); a.bc_size = rows.numel();
   a.D = opt_data<T>(D); a.z = opt_data<T>(z); a.bias = opt_data<T>(bias);
   a.perm = opt_ptr_check(perm) ? perm->data_ptr<int32_t>() : nullptr;
-  a.batch = delta.size(0); a.dim = delta.size(1); a.L = delta.size(2); a.N = A.size(1); a.G = BC.size(1);
+  a.cross = opt_ptr_check(Wdt);
+  a.Wdt = opt_data<T>(Wdt);
+  a.R = a.cross ? Wdt->size(1) : 0;
+  a.batch = rows.size(0); a.dim = A.size(0); a.L = rows.size(2); a.N = A.size(1); a.G = rows.size(1);
   a.Np = (a.N + W - 1) / W * W;
   a.cpg = a.dim / a.G;
-  a.u_bstride = u.size(1) * a.L;
-  a.u_gstride = u.size(1) == a.dim ? a.cpg : 0;
-  a.y_cl = y_cl;
   a.nchunks = (a.L + kChunk - 1) / kChunk;
   a.softplus = softplus;
-  a.P = channel_blocks(a.batch, a.cpg, a.batch * a.dim * a.L * a.Np, per_thread);
+  a.P = channel_blocks(a.batch, a.cpg, a.batch * a.dim * a.L * a.Np);
 }
 
-// y: (batch, dim, L), or (batch, L, dim / G) with y_cl.
-std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                                 const at::Tensor& BC, const c10::optional<at::Tensor>& D,
+// y: (batch, dim, L), or (batch, L, dim / G) in cross mode.
+std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const c10::optional<at::Tensor>& delta, const at::Tensor& A,
+                                 const at::Tensor& rows, const c10::optional<at::Tensor>& D,
                                  const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
-                                 bool softplus, bool want_ckpt, const c10::optional<at::Tensor>& perm, bool y_cl) {
-  check_inputs(u, delta, A, BC, D, z, bias, perm, y_cl);
-  const int64_t batch = delta.size(0), dim = delta.size(1), L = delta.size(2), N = A.size(1), G = BC.size(1);
-  at::Tensor y = y_cl ? (L == 0 ? at::zeros({batch, L, dim / G}, u.options()) : at::empty({batch, L, dim / G}, u.options()))
-                      : at::empty_like(delta);
+                                 bool softplus, bool want_ckpt, const c10::optional<at::Tensor>& perm,
+                                 const c10::optional<at::Tensor>& Wdt) {
+  check_inputs(u, delta, A, rows, D, z, bias, perm, Wdt);
+  const int64_t batch = rows.size(0), dim = A.size(0), L = rows.size(2), N = A.size(1);
+  at::Tensor y = L == 0 ? at::zeros_like(u) : at::empty_like(u);
   at::Tensor last = L == 0 ? at::zeros({batch, dim, N}, u.options()) : at::empty({batch, dim, N}, u.options());
   at::Tensor ckpt;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_fwd", [&] {
     Args<scalar_t> a;
-    fill_common<scalar_t>(a, u, delta, A, BC, D, z, bias, softplus, perm, y_cl, 8);
+    fill_common<scalar_t>(a, u, delta, A, rows, D, z, bias, softplus, perm, Wdt);
     TORCH_CHECK(a.Np / VecT<scalar_t>::lanes <= kMaxNB, "selective_scan cpu backend: d_state too large (max ",
                 kMaxNB * VecT<scalar_t>::lanes, ")");
     ckpt = want_ckpt ? at::empty({batch, dim, a.nchunks, a.Np}, u.options()) : at::empty({0}, u.options());
@@ -267,31 +285,34 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& delta, c
   return {y, last, ckpt};
 }
 
-// Gradients in the inputs' layouts: du like u, dBC (batch, G, L, 2N).
-std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                                 const at::Tensor& BC, const c10::optional<at::Tensor>& D,
+// Gradients in the inputs' layouts: du like u, drows like rows; ddelta (plain) or dWdt (cross).
+std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const c10::optional<at::Tensor>& delta, const at::Tensor& A,
+                                 const at::Tensor& rows, const c10::optional<at::Tensor>& D,
                                  const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
                                  bool softplus, const at::Tensor& ckpt, const at::Tensor& dout,
                                  const c10::optional<at::Tensor>& dlast, const c10::optional<at::Tensor>& perm,
-                                 bool y_cl) {
-  check_inputs(u, delta, A, BC, D, z, bias, perm, y_cl);
-  const int64_t batch = delta.size(0), dim = delta.size(1), L = delta.size(2), N = A.size(1), G = BC.size(1);
-  const std::vector<int64_t> ysize = y_cl ? std::vector<int64_t>{batch, L, dim / G} : delta.sizes().vec();
-  TORCH_CHECK(dout.sizes() == at::IntArrayRef(ysize) && dout.is_contiguous() && dout.scalar_type() == u.scalar_type(),
+                                 const c10::optional<at::Tensor>& Wdt) {
+  check_inputs(u, delta, A, rows, D, z, bias, perm, Wdt);
+  const int64_t batch = rows.size(0), dim = A.size(0), L = rows.size(2), N = A.size(1), G = rows.size(1);
+  const bool cross = opt_ptr_check(Wdt);
+  const int64_t R = cross ? Wdt->size(1) : 0;
+  TORCH_CHECK(dout.sizes() == u.sizes() && dout.is_contiguous() && dout.scalar_type() == u.scalar_type(),
               "selective_scan backward: dout must be contiguous, shaped like y");
   // the kernel writes every element of these (except when L == 0): no zero-fill needed
   auto alloc = [&](at::IntArrayRef size) { return L == 0 ? at::zeros(size, u.options()) : at::empty(size, u.options()); };
-  at::Tensor du = alloc(u.sizes()), ddelta = alloc(delta.sizes());
-  at::Tensor dz = opt_ptr_check(z) ? alloc(delta.sizes()) : at::Tensor();
+  at::Tensor du = alloc(u.sizes());
+  at::Tensor ddelta = cross ? at::Tensor() : alloc(u.sizes());
+  at::Tensor dz = opt_ptr_check(z) ? alloc(u.sizes()) : at::Tensor();
   at::Tensor dA_part = alloc({batch, dim, N});
   at::Tensor dD_part = alloc({batch, dim}), db_part = alloc({batch, dim});
-  at::Tensor dBC;
+  at::Tensor dW_part = cross ? alloc({batch, dim, R}) : at::Tensor();
+  at::Tensor drows;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_bwd", [&] {
     Args<scalar_t> a;
-    fill_common<scalar_t>(a, u, delta, A, BC, D, z, bias, softplus, perm, y_cl, 2);
-    // partial sums laid out like BC (its strides are the kernel's)
-    at::Tensor dBCp = BC.is_contiguous() ? alloc({a.P, batch, G, L, 2 * N})
-                                         : alloc({a.P, batch, L, G, 2 * N}).transpose(2, 3);
+    fill_common<scalar_t>(a, u, delta, A, rows, D, z, bias, softplus, perm, Wdt);
+    // partial sums laid out like the rows (their strides are the kernel's)
+    at::Tensor part = rows.is_contiguous() ? alloc({a.P, batch, G, L, R + 2 * N})
+                                           : alloc({a.P, batch, L, G, R + 2 * N}).transpose(2, 3);
     if (L > 0) {
       TORCH_CHECK(ckpt.sizes() == at::IntArrayRef({batch, dim, a.nchunks, a.Np}) && ckpt.is_contiguous(),
                   "selective_scan backward: checkpoints do not match the inputs");
@@ -301,19 +322,23 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
       a.ckpt = const_cast<scalar_t*>(ckpt.data_ptr<scalar_t>());
       a.dout = dout.data_ptr<scalar_t>();
       a.dlast = opt_data<scalar_t>(dlast);
-      a.du = du.data_ptr<scalar_t>(); a.ddelta = ddelta.data_ptr<scalar_t>();
+      a.du = du.data_ptr<scalar_t>();
+      a.ddelta = cross ? nullptr : ddelta.data_ptr<scalar_t>();
       a.dz = dz.defined() ? dz.data_ptr<scalar_t>() : nullptr;
       a.dA_part = dA_part.data_ptr<scalar_t>(); a.dD_part = dD_part.data_ptr<scalar_t>();
       a.dbias_part = db_part.data_ptr<scalar_t>();
-      a.dBC_part = dBCp.data_ptr<scalar_t>();
+      a.dWdt_part = cross ? dW_part.data_ptr<scalar_t>() : nullptr;
+      a.dBC_part = part.data_ptr<scalar_t>();
       run_tasks(a, pick<scalar_t>(false, int(a.Np / VecT<scalar_t>::lanes)));
     }
-    dBC = a.P == 1 ? dBCp.squeeze(0) : dBCp.sum(0);
+    drows = a.P == 1 ? part.squeeze(0) : part.sum(0);
   });
-  at::Tensor dA = batch == 1 ? dA_part.squeeze(0) : dA_part.sum(0);
-  at::Tensor dD = opt_ptr_check(D) ? (batch == 1 ? dD_part.squeeze(0) : dD_part.sum(0)) : at::Tensor();
-  at::Tensor dbias = opt_ptr_check(bias) ? (batch == 1 ? db_part.squeeze(0) : db_part.sum(0)) : at::Tensor();
-  return {du, ddelta, dA, dBC, dD, dz, dbias};
+  auto batch_sum = [&](const at::Tensor& t) { return batch == 1 ? t.squeeze(0) : t.sum(0); };
+  at::Tensor dA = batch_sum(dA_part);
+  at::Tensor dD = opt_ptr_check(D) ? batch_sum(dD_part) : at::Tensor();
+  at::Tensor dbias = opt_ptr_check(bias) ? batch_sum(db_part) : at::Tensor();
+  at::Tensor dWdt = cross ? batch_sum(dW_part) : at::Tensor();
+  return {du, ddelta, dA, drows, dD, dz, dbias, dWdt};
 }
 
 std::string isa_name() { return use_avx2() ? "avx2+fma" : "generic (sse2)"; }
@@ -329,7 +354,7 @@ void set_isa(const std::string& isa) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fwd", &scan_fwd, "selective scan forward: (y, last_state, checkpoints)");
-  m.def("bwd", &scan_bwd, "selective scan backward: (du, ddelta, dA, dBC, dD, dz, ddelta_bias)");
+  m.def("bwd", &scan_bwd, "selective scan backward: (du, ddelta, dA, drows, dD, dz, ddelta_bias, dWdt)");
   m.def("isa", &isa_name, "SIMD code path in use");
   m.def("set_isa", &set_isa, "force the SIMD path: 'auto', 'avx2' or 'generic'");
   m.def("chunk_size", []() { return kChunk; }, "time steps between state checkpoints");

@@ -143,17 +143,30 @@ SS_INLINE void row_sums(const double* rows, int n, double* out) {
 // Position (in the stored sequence) of step t of a chunk: idx[t] with a permutation, else t0 + t.
 SS_INLINE int64_t pos_of(const int32_t* idx, int64_t t0, int t) { return idx ? int64_t(idx[t]) : t0 + t; }
 
-// The chunk's B and C rows into (kChunk, Np) buffers: row t = the state vector at step t, read from
-// the 2N-long rows of one (batch, group), `ps` elements apart (B in the first N, C in the last N).
-// Lanes past N stay zero from the buffers' allocation; rows past nt are never read.
+// The chunk's rows of one (batch, group), `ps` elements apart: [dt inputs (R), B (N), C (N)]. B and
+// C go to (kChunk, Np) buffers (row t = the state vector at step t; lanes past N stay zero from the
+// buffers' allocation; rows past nt are never read), the R dt inputs to a (kChunk, R) buffer.
 template <typename T>
-SS_INLINE void load_rows(const T* bc, int64_t ps, int64_t N, int64_t Np, const int32_t* idx, int64_t t0, int nt,
-                         T* dstB, T* dstC) {
+SS_INLINE void load_rows(const T* rows, int64_t ps, int64_t R, int64_t N, int64_t Np, const int32_t* idx,
+                         int64_t t0, int nt, T* dstB, T* dstC, T* dstDt) {
   for (int t = 0; t < nt; ++t) {
-    const T* row = bc + pos_of(idx, t0, t) * ps;
-    std::memcpy(dstB + t * Np, row, sizeof(T) * N);
-    std::memcpy(dstC + t * Np, row + N, sizeof(T) * N);
+    const T* row = rows + pos_of(idx, t0, t) * ps;
+    for (int64_t r = 0; r < R; ++r) dstDt[t * R + r] = row[r];
+    std::memcpy(dstB + t * Np, row + R, sizeof(T) * N);
+    std::memcpy(dstC + t * Np, row + R + N, sizeof(T) * N);
   }
+}
+
+// delta of one channel over the chunk from the rows' dt inputs: xb[t] = sum_r w[r] dts[t, r]
+// (zeros past nt), the dt projection fused into the scan.
+template <typename T>
+SS_INLINE void project_dt(const T* dts, const T* w, int64_t R, int nt, T* xb) {
+  for (int t = 0; t < nt; ++t) {
+    T acc = 0;
+    for (int64_t r = 0; r < R; ++r) acc += w[r] * dts[t * R + r];
+    xb[t] = acc;
+  }
+  std::fill(xb + nt, xb + kChunk, T(0));
 }
 
 // dst[0, nt) = src[pos(t) * stride], zeros up to kChunk.
@@ -322,15 +335,12 @@ template <typename T> SS_INLINE Block block_of(const Args<T>& a, int64_t task) {
   return k;
 }
 
-// Where a channel's per-position values live: u / du rows (shared over groups when u_gstride == 0),
-// y / dout (a (batch, dim, L) row, or a (batch, L, cpg) channels-last column summed over groups).
-template <typename T> SS_INLINE int64_t u_row(const Args<T>& a, int64_t b, int64_t g, int64_t c) {
-  return b * a.u_bstride + (g * a.u_gstride + c) * a.L;
+// Where a channel's u, du, y and dout values live: a (batch, dim, L) row, or with `cross` a column of
+// a (batch, L, cpg) channels-last tensor shared by the groups (u, du) or summed over them (y).
+template <typename T> SS_INLINE int64_t chan_off(const Args<T>& a, int64_t b, int64_t g, int64_t c) {
+  return a.cross ? b * a.L * a.cpg + c : (b * a.dim + g * a.cpg + c) * a.L;
 }
-template <typename T> SS_INLINE int64_t y_base(const Args<T>& a, int64_t b, int64_t g, int64_t c) {
-  return a.y_cl ? b * a.L * a.cpg + c : (b * a.dim + g * a.cpg + c) * a.L;
-}
-template <typename T> SS_INLINE int64_t y_stride(const Args<T>& a) { return a.y_cl ? a.cpg : 1; }
+template <typename T> SS_INLINE int64_t chan_ps(const Args<T>& a) { return a.cross ? a.cpg : 1; }
 
 // Prefetch the next channel's slices when the chunk is a contiguous run (identity or a reversed
 // row): prefetch_span over [lo, lo + nt). Strided chunks (column-major scans) are left to the
@@ -352,10 +362,11 @@ SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
   const int nb = NB > 0 ? NB : int(Np / W);
 
   std::vector<T> bufB(kChunk * Np, T(0)), bufC(kChunk * Np, T(0)), hs(nch * Np), Ap(nch * Np, T(0));
+  std::vector<T> dtsb(kChunk * a.R + 1);
   ChunkBufs<T> scratch(Np);
   alignas(64) T dtb[kChunk], ub[kChunk], bub[kChunk], xb[kChunk], yb[kChunk];
   std::vector<T> amax(nch);
-  const int64_t ys = y_stride(a);
+  const int64_t ps = chan_ps(a);
   for (int64_t g = 0; g < a.G; ++g) {
     std::fill(hs.begin(), hs.end(), T(0));
     for (int64_t i = 0; i < nch; ++i) {
@@ -367,25 +378,28 @@ SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
     }
     const T* bc = a.BC + b * a.bc_bs + g * a.bc_gs;
     const int32_t* perm = a.perm ? a.perm + g * L : nullptr;
-    const bool accumulate_y = a.y_cl && g > 0;
+    const bool accumulate_y = a.cross && g > 0;
     for (int64_t c = 0; c < a.nchunks; ++c) {
       const int64_t t0 = c * kChunk;
       const int T_ = int(std::min<int64_t>(kChunk, L - t0));
       const int32_t* idx = perm ? perm + t0 : nullptr;
       int64_t lo;
       const bool run = contiguous_run(idx, t0, T_, &lo);
-      load_rows(bc, a.bc_ps, N, Np, idx, t0, T_, bufB.data(), bufC.data());
+      load_rows(bc, a.bc_ps, a.R, N, Np, idx, t0, T_, bufB.data(), bufC.data(), dtsb.data());
       for (int64_t i = 0; i < nch; ++i) {
         const int64_t cc = k.c_lo + i, d = g * a.cpg + cc, bd = b * a.dim + d;
         if (run && i + 1 < nch) {
           const int64_t bytes = sizeof(T) * T_;
-          prefetch_span(a.u + u_row(a, b, g, cc + 1) + lo, bytes);
-          prefetch_span(a.delta + (bd + 1) * L + lo, bytes);
-          if (a.z) prefetch_span(a.z + (bd + 1) * L + lo, bytes);
-          if (!a.y_cl) prefetch_span_w(a.y + y_base(a, b, g, cc + 1) + lo, bytes);
+          if (!a.cross) {  // channels-last slices are read by the previous channel already
+            prefetch_span(a.u + chan_off(a, b, g, cc + 1) + lo, bytes);
+            prefetch_span(a.delta + (bd + 1) * L + lo, bytes);
+            if (a.z) prefetch_span(a.z + (bd + 1) * L + lo, bytes);
+            prefetch_span_w(a.y + chan_off(a, b, g, cc + 1) + lo, bytes);
+          }
         }
-        gather(a.u + u_row(a, b, g, cc), 1, idx, t0, T_, ub);
-        gather(a.delta + bd * L, 1, idx, t0, T_, xb);
+        gather(a.u + chan_off(a, b, g, cc), ps, idx, t0, T_, ub);
+        if (a.R > 0) project_dt(dtsb.data(), a.Wdt + d * a.R, a.R, T_, xb);
+        else gather(a.delta + bd * L, 1, idx, t0, T_, xb);
         chunk_prologue(a, d, dtb, ub, bub, xb);
         V h[NB > 0 ? NB : kMaxNB], Av[NB > 0 ? NB : kMaxNB];
         for (int j = 0; j < nb; ++j) {
@@ -409,7 +423,7 @@ SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
         } else if (a.D) {
           for (int t = 0; t < kChunk; t += W) vstore(yb + t, vload<V>(yb + t) + Dd * vload<V>(ub + t));
         }
-        scatter(a.y + y_base(a, b, g, cc), ys, idx, t0, T_, yb, accumulate_y);
+        scatter(a.y + chan_off(a, b, g, cc), ps, idx, t0, T_, yb, accumulate_y);
       }
     }
     if (a.last)
@@ -426,15 +440,17 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
   const Block k = block_of(a, task);
   const int64_t nch = k.c_hi - k.c_lo, b = k.b, L = a.L, N = a.N, Np = a.Np;
   const int nb = NB > 0 ? NB : int(Np / W);
-  // this task's slice of the partial sums of dB / dC: P copies laid out like BC
+  // this task's slice of the partial sums of the rows' gradient: P copies laid out like the rows
+  const int64_t R = a.R, RW = R + 2 * N;
   T* dbc_task = a.dBC_part + k.blk * a.bc_size + b * a.bc_bs;
   if (nch <= 0) {  // an empty block still owns its slice of the partial sums
     for (int64_t g = 0; g < a.G; ++g)
-      for (int64_t p = 0; p < L; ++p) std::fill_n(dbc_task + g * a.bc_gs + p * a.bc_ps, 2 * N, T(0));
+      for (int64_t p = 0; p < L; ++p) std::fill_n(dbc_task + g * a.bc_gs + p * a.bc_ps, RW, T(0));
     return;
   }
 
   std::vector<T> bufB(kChunk * Np, T(0)), bufC(kChunk * Np, T(0)), bufdB(kChunk * Np), bufdC(kChunk * Np);
+  std::vector<T> dtsb(kChunk * R + 1), bufddts(kChunk * R + 1), dWs(nch * R + 1);
   ChunkBufs<T> scratch(Np);
   std::vector<T> rs(nch * Np), dAs(nch * Np), Ap(nch * Np, T(0)), Araw(nch * Np, T(0));
   std::vector<T> dDs(nch), dbs(nch), amax(nch);
@@ -444,7 +460,7 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
   const T* Abuf = scratch.decay.data();
   T* s1b = scratch.rowsum1.data();
   T* s2b = scratch.rowsum2.data();
-  const int64_t ys = y_stride(a);
+  const int64_t ps = chan_ps(a);
 
   for (int64_t g = 0; g < a.G; ++g) {
     for (int64_t i = 0; i < nch; ++i) {
@@ -462,7 +478,8 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
     const T* bc = a.BC + b * a.bc_bs + g * a.bc_gs;
     T* dbc = dbc_task + g * a.bc_gs;
     const int32_t* perm = a.perm ? a.perm + g * L : nullptr;
-    const bool accumulate_du = a.u_gstride == 0 && g > 0;
+    const bool accumulate_du = a.cross && g > 0;
+    std::fill(dWs.begin(), dWs.end(), T(0));
 
     for (int64_t c = a.nchunks - 1; c >= 0; --c) {
       const int64_t t0 = c * kChunk;
@@ -470,18 +487,19 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
       const int32_t* idx = perm ? perm + t0 : nullptr;
       int64_t lo;
       const bool run = contiguous_run(idx, t0, T_, &lo);
-      load_rows(bc, a.bc_ps, N, Np, idx, t0, T_, bufB.data(), bufC.data());
+      load_rows(bc, a.bc_ps, a.R, N, Np, idx, t0, T_, bufB.data(), bufC.data(), dtsb.data());
       std::fill(bufdB.begin(), bufdB.end(), T(0));
       std::fill(bufdC.begin(), bufdC.end(), T(0));
+      std::fill(bufddts.begin(), bufddts.end(), T(0));
       for (int64_t i = 0; i < nch; ++i) {
         const int64_t cc = k.c_lo + i, d = g * a.cpg + cc, bd = b * a.dim + d;
         if (i + 1 < nch) {
           prefetch_span(a.ckpt + ((bd + 1) * a.nchunks + c) * Np, sizeof(T) * Np);
-          if (run) {
+          if (run && !a.cross) {
             const int64_t bytes = sizeof(T) * T_;
-            prefetch_span(a.u + u_row(a, b, g, cc + 1) + lo, bytes);
+            prefetch_span(a.u + chan_off(a, b, g, cc + 1) + lo, bytes);
             prefetch_span(a.delta + (bd + 1) * L + lo, bytes);
-            if (!a.y_cl) prefetch_span(a.dout + y_base(a, b, g, cc + 1) + lo, bytes);
+            prefetch_span(a.dout + chan_off(a, b, g, cc + 1) + lo, bytes);
             prefetch_span_w(a.ddelta + (bd + 1) * L + lo, bytes);
             if (a.z) {
               prefetch_span(a.z + (bd + 1) * L + lo, bytes);
@@ -489,8 +507,9 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
             }
           }
         }
-        gather(a.u + u_row(a, b, g, cc), 1, idx, t0, T_, ub);
-        gather(a.delta + bd * L, 1, idx, t0, T_, xb);
+        gather(a.u + chan_off(a, b, g, cc), ps, idx, t0, T_, ub);
+        if (R > 0) project_dt(dtsb.data(), a.Wdt + d * R, R, T_, xb);
+        else gather(a.delta + bd * L, 1, idx, t0, T_, xb);
         chunk_prologue(a, d, dtb, ub, bub, xb);
         V Av[NBc], h[NBc], Ar[NBc];
         const T* ck = a.ckpt + (bd * a.nchunks + c) * Np;
@@ -504,7 +523,7 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
                             a.z ? y0b : nullptr);
         // gradient reaching the scan output (before D skip and gating)
         const T Dd = a.D ? a.D[d] : T(0);
-        gather(a.dout + y_base(a, b, g, cc), ys, idx, t0, T_, dyb);
+        gather(a.dout + chan_off(a, b, g, cc), ps, idx, t0, T_, dyb);
         if (a.z) {  // y0b: all kChunk rows written by chunk_states (zeros past T_)
           alignas(64) T dzb[kChunk];
           gather(a.z + bd * L, 1, idx, t0, T_, zb);
@@ -573,14 +592,25 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
         for (int t = 0; t < T_; ++t) db += ddtb[t];
         dDs[i] += dD;
         dbs[i] += db;
-        scatter(a.du + u_row(a, b, g, cc), 1, idx, t0, T_, dub, accumulate_du);
-        scatter(a.ddelta + bd * L, 1, idx, t0, T_, ddtb, false);
+        scatter(a.du + chan_off(a, b, g, cc), ps, idx, t0, T_, dub, accumulate_du);
+        if (R > 0) {  // through the fused dt projection: d(dt inputs) summed over channels, d(weight)
+          const T* w = a.Wdt + d * R;
+          T* dw = &dWs[i * R];
+          for (int t = 0; t < T_; ++t)
+            for (int64_t r = 0; r < R; ++r) {
+              bufddts[t * R + r] += ddtb[t] * w[r];
+              dw[r] += ddtb[t] * dtsb[t * R + r];
+            }
+        } else {
+          scatter(a.ddelta + bd * L, 1, idx, t0, T_, ddtb, false);
+        }
       }
-      // this task's share of dB/dC for the chunk, back to the (L, 2N) rows
+      // this task's share of the rows' gradient for the chunk: [d(dt inputs), dB, dC]
       for (int t = 0; t < T_; ++t) {
         T* row = dbc + pos_of(idx, t0, t) * a.bc_ps;
-        std::memcpy(row, &bufdB[t * Np], sizeof(T) * N);
-        std::memcpy(row + N, &bufdC[t * Np], sizeof(T) * N);
+        for (int64_t r = 0; r < R; ++r) row[r] = bufddts[t * R + r];
+        std::memcpy(row + R, &bufdB[t * Np], sizeof(T) * N);
+        std::memcpy(row + R + N, &bufdC[t * Np], sizeof(T) * N);
       }
     }
     for (int64_t i = 0; i < nch; ++i) {
@@ -588,6 +618,7 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
       std::memcpy(a.dA_part + bd * N, &dAs[i * Np], sizeof(T) * N);
       a.dD_part[bd] = dDs[i];
       a.dbias_part[bd] = dbs[i];
+      if (R > 0) std::memcpy(a.dWdt_part + bd * R, &dWs[i * R], sizeof(T) * R);
     }
   }
 }
