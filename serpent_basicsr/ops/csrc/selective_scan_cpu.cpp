@@ -1,12 +1,16 @@
 // Selective scan (S6) forward and backward on the CPU.
 //
-// Layout: delta, z: (batch, dim, L); u: (batch, dim, L), or (batch, dim / G, L) shared by the G
-// groups; A: (dim, N); BC: (batch, G, L, 2N), B in the first N of each row and C in the last N;
-// D, bias: (dim,). Channel d = g * (dim / G) + c reads group g. y: (batch, dim, L), or channels-last
-// (batch, L, dim / G) summed over the groups. An optional permutation perm (G, L) gives, per group,
-// the stored position of each step: the scan of group g runs over positions perm[g, 0], perm[g, 1],
-// ... and writes its outputs back there. With a shared u, channels-last y and one permutation per
-// scan direction, this is SS2D's cross-scan / scan / cross-merge in one pass (no copies).
+// Two layouts share the kernels.
+// Plain (mamba-ssm's op): u, delta, z, y: (batch, dim, L); A: (dim, N); rows: (batch, G, L, 2N),
+// B in the first N of each row and C in the last N (the Python wrapper transposes mamba's
+// (batch, G, N, L)); D, bias: (dim,). Channel d = g * (dim / G) + c reads group g.
+// Cross (SS2D, Wdt given): u and y are channels-last (batch, L, dim / G), u shared by the G groups
+// (scan directions) and y summed over them; there is no delta tensor: rows are (batch, G, L, R + 2N)
+// = [dt inputs (R), B, C] and delta = Wdt (dim, R) times the dt inputs, computed per chunk.
+// An optional permutation perm (G, L) gives, per group, the stored position of each step: the scan
+// of group g runs over positions perm[g, 0], perm[g, 1], ... and writes its outputs back there.
+// With one permutation per direction this is SS2D's cross-scan / dt projection / scan / cross-merge
+// in one pass (no copies). Rows may also be stored as a transposed (batch, L, G, R + 2N) tensor.
 //
 // Work is split into tasks (batch, block of channel indices c), run with at::parallel_for (OpenMP);
 // a task runs its block in every group, so sums over groups (du of a shared u, the merged y) have
@@ -18,9 +22,10 @@
 // The forward optionally stores the state at the start of every chunk ("checkpoints", a kChunk-th
 // of the (batch, dim, L, N) states). The backward walks the chunks in reverse: it recomputes the
 // chunk's states from its checkpoint into an L1 buffer, then runs the adjoint recursion backwards
-// in time. Softplus, delta_bias, the D skip, z gating, dD / d(delta_bias) sums are fused in. dB/dC are sums over the group's channels: each task owns a private
-// (kChunk, Np) accumulator per chunk, written to its own slice of a (P, batch, G, L, 2N) buffer
-// (P = channel blocks), summed over P at the end when P > 1.
+// in time. Softplus, delta_bias, the D skip, z gating, dD / d(delta_bias) sums are fused in. The
+// rows' gradients (dB, dC and, in cross mode, d(dt inputs)) are sums over a group's channels: each
+// task owns a private (kChunk, Np) accumulator per chunk, written to its own copy of the rows'
+// layout (P copies, P = channel blocks), summed over P at the end when P > 1.
 //
 // Per channel and chunk the state recursion runs in passes (selective_scan_cpu_kernels.h):
 // the decays exp(dt A) of all steps first (independent, so the core overlaps them), then the
