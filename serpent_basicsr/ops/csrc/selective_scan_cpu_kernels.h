@@ -145,28 +145,49 @@ SS_INLINE int64_t pos_of(const int32_t* idx, int64_t t0, int t) { return idx ? i
 
 // The chunk's rows of one (batch, group), `ps` elements apart: [dt inputs (R), B (N), C (N)]. B and
 // C go to (kChunk, Np) buffers (row t = the state vector at step t; lanes past N stay zero from the
-// buffers' allocation; rows past nt are never read), the R dt inputs to a (kChunk, R) buffer.
+// buffers' allocation; rows past nt are never read), the R dt inputs to an (R, kChunk) buffer
+// (time contiguous, zero past nt, so the projection vectorises over time).
 template <typename T>
 SS_INLINE void load_rows(const T* rows, int64_t ps, int64_t R, int64_t N, int64_t Np, const int32_t* idx,
                          int64_t t0, int nt, T* dstB, T* dstC, T* dstDt) {
   for (int t = 0; t < nt; ++t) {
     const T* row = rows + pos_of(idx, t0, t) * ps;
-    for (int64_t r = 0; r < R; ++r) dstDt[t * R + r] = row[r];
+    for (int64_t r = 0; r < R; ++r) dstDt[r * kChunk + t] = row[r];
     std::memcpy(dstB + t * Np, row + R, sizeof(T) * N);
     std::memcpy(dstC + t * Np, row + R + N, sizeof(T) * N);
   }
+  for (int64_t r = 0; r < R; ++r) std::fill(dstDt + r * kChunk + nt, dstDt + (r + 1) * kChunk, T(0));
 }
 
-// delta of one channel over the chunk from the rows' dt inputs: xb[t] = sum_r w[r] dts[t, r]
-// (zeros past nt), the dt projection fused into the scan.
+// delta of one channel over the chunk from the rows' dt inputs: xb[t] = sum_r w[r] dts[r, t]
+// (zeros past nt: the inputs are), the dt projection fused into the scan.
 template <typename T>
-SS_INLINE void project_dt(const T* dts, const T* w, int64_t R, int nt, T* xb) {
-  for (int t = 0; t < nt; ++t) {
-    T acc = 0;
-    for (int64_t r = 0; r < R; ++r) acc += w[r] * dts[t * R + r];
-    xb[t] = acc;
+SS_INLINE void project_dt(const T* dts, const T* w, int64_t R, T* xb) {
+  typedef typename VecT<T>::type V;
+  constexpr int W = VecT<T>::lanes;
+  for (int t = 0; t < kChunk; t += W) {
+    V acc = V{};
+    for (int64_t r = 0; r < R; ++r) acc += vsplat<V>(w[r]) * vload<V>(dts + r * kChunk + t);
+    vstore(xb + t, acc);
   }
-  std::fill(xb + nt, xb + kChunk, T(0));
+}
+
+// Backward of project_dt for one channel: ddts[r, t] += g[t] w[r] (summed over the block's channels
+// by the caller's buffer) and dw[r] += sum_t g[t] dts[r, t]. g is zero past the chunk's end.
+template <typename T>
+SS_INLINE void project_dt_grad(const T* dts, const T* w, int64_t R, const T* g, T* ddts, T* dw) {
+  typedef typename VecT<T>::type V;
+  constexpr int W = VecT<T>::lanes;
+  for (int64_t r = 0; r < R; ++r) {
+    const V wr = vsplat<V>(w[r]);
+    V acc = V{};
+    for (int t = 0; t < kChunk; t += W) {
+      const V gv = vload<V>(g + t);
+      vstore(ddts + r * kChunk + t, vload<V>(ddts + r * kChunk + t) + gv * wr);
+      acc += gv * vload<V>(dts + r * kChunk + t);
+    }
+    for (int l = 0; l < W; ++l) dw[r] += acc[l];
+  }
 }
 
 // dst[0, nt) = src[pos(t) * stride], zeros up to kChunk.
@@ -398,7 +419,7 @@ SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
           }
         }
         gather(a.u + chan_off(a, b, g, cc), ps, idx, t0, T_, ub);
-        if (a.R > 0) project_dt(dtsb.data(), a.Wdt + d * a.R, a.R, T_, xb);
+        if (a.R > 0) project_dt(dtsb.data(), a.Wdt + d * a.R, a.R, xb);
         else gather(a.delta + bd * L, 1, idx, t0, T_, xb);
         chunk_prologue(a, d, dtb, ub, bub, xb);
         V h[NB > 0 ? NB : kMaxNB], Av[NB > 0 ? NB : kMaxNB];
@@ -508,7 +529,7 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
           }
         }
         gather(a.u + chan_off(a, b, g, cc), ps, idx, t0, T_, ub);
-        if (R > 0) project_dt(dtsb.data(), a.Wdt + d * R, R, T_, xb);
+        if (R > 0) project_dt(dtsb.data(), a.Wdt + d * R, R, xb);
         else gather(a.delta + bd * L, 1, idx, t0, T_, xb);
         chunk_prologue(a, d, dtb, ub, bub, xb);
         V Av[NBc], h[NBc], Ar[NBc];
@@ -594,13 +615,8 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
         dbs[i] += db;
         scatter(a.du + chan_off(a, b, g, cc), ps, idx, t0, T_, dub, accumulate_du);
         if (R > 0) {  // through the fused dt projection: d(dt inputs) summed over channels, d(weight)
-          const T* w = a.Wdt + d * R;
-          T* dw = &dWs[i * R];
-          for (int t = 0; t < T_; ++t)
-            for (int64_t r = 0; r < R; ++r) {
-              bufddts[t * R + r] += ddtb[t] * w[r];
-              dw[r] += ddtb[t] * dtsb[t * R + r];
-            }
+          for (int t = T_; t < kChunk; ++t) ddtb[t] = 0;
+          project_dt_grad(dtsb.data(), a.Wdt + d * R, R, ddtb, bufddts.data(), &dWs[i * R]);
         } else {
           scatter(a.ddelta + bd * L, 1, idx, t0, T_, ddtb, false);
         }
@@ -608,7 +624,7 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
       // this task's share of the rows' gradient for the chunk: [d(dt inputs), dB, dC]
       for (int t = 0; t < T_; ++t) {
         T* row = dbc + pos_of(idx, t0, t) * a.bc_ps;
-        for (int64_t r = 0; r < R; ++r) row[r] = bufddts[t * R + r];
+        for (int64_t r = 0; r < R; ++r) row[r] = bufddts[r * kChunk + t];
         std::memcpy(row + R, &bufdB[t * Np], sizeof(T) * N);
         std::memcpy(row + R + N, &bufdC[t * Np], sizeof(T) * N);
       }
