@@ -1,7 +1,8 @@
 """One short CUDA check for Serpent: does the CUDA path match the CPU, and what does it cost?
 
 1. Scan op: every available backend on CUDA tensors (mamba-ssm's kernel where its extension is
-   built, else our torch backend) against the float64 reference on the CPU, forward and grads.
+   built, else our torch backend) against the float64 reference on the CPU, forward and grads;
+   SS2D's cross_selective_scan on CUDA against the fused CPU kernel in float64.
 2. Serpent presets: CUDA output (and input gradient) against the CPU output, same weights.
 3. Timing: forward, training step (Adam, L1) and peak CUDA memory, Serpent presets vs
    BasicSR's SwinIR (11.5 M and small), at 256 / 512 / 1024 (OOM is recorded, not fatal).
@@ -76,6 +77,39 @@ def check_scan(device: torch.device) -> List[Dict[str, Any]]:
             except Exception as exc:  # noqa: BLE001 - record and go on (e.g. backend not for this device)
                 rec['error'] = f'{type(exc).__name__}: {exc}'
             out.append(rec)
+    return out
+
+
+def check_cross_scan(device: torch.device) -> List[Dict[str, Any]]:
+    """ops.cross_selective_scan (SS2D's op) on `device` (auto backend: the plain composition around
+    mamba-ssm's kernel on CUDA) against the fused CPU kernel in float64, forward and grads."""
+    out = []
+    for batch, d, h, w, k, n, r in [(1, 8, 7, 9, 4, 16, 2), (2, 32, 24, 40, 4, 16, 3)]:
+        g = torch.Generator().manual_seed(0)
+        cpu = dict(x=torch.randn(batch, h * w, d, generator=g, dtype=torch.float64),
+                   rows=torch.randn(batch, k, h * w, r + 2 * n, generator=g, dtype=torch.float64),
+                   dt_weight=0.5 * torch.randn(k * d, r, generator=g, dtype=torch.float64),
+                   A=-2 * torch.rand(k * d, n, generator=g, dtype=torch.float64) - 0.1,
+                   D=torch.randn(k * d, generator=g, dtype=torch.float64),
+                   delta_bias=torch.randn(k * d, generator=g, dtype=torch.float64) - 2)
+        rec: Dict[str, Any] = dict(shape=[batch, d, h, w, k, n, r], device=str(device))
+        try:
+            ref_in = {name: v.clone().requires_grad_(True) for name, v in cpu.items()}
+            spec = 'cpu' if 'cpu' in ops.available_backends() else 'ref'
+            y_ref = ops.cross_selective_scan(**ref_in, height=h, width=w, backend=spec)
+            grads_ref = torch.autograd.grad(y_ref.sum(), list(ref_in.values()))
+            inp = {name: v.to(device, torch.float32).requires_grad_(True) for name, v in cpu.items()}
+            y = ops.cross_selective_scan(**inp, height=h, width=w)
+            grads = torch.autograd.grad(y.sum(), list(inp.values()))
+            rec['reference_backend'] = spec
+            rec['max_abs_err_y'] = (y.double().cpu() - y_ref).abs().max().item()
+            rec['max_rel_err_grads'] = max(((gd.double().cpu() - gr).abs().max() / gr.abs().max().clamp_min(1e-12)
+                                            ).item() for gd, gr in zip(grads, grads_ref))
+            rec['ok'] = rec['max_abs_err_y'] < 1e-3 * max(1.0, y_ref.abs().max().item()) \
+                and rec['max_rel_err_grads'] < 1e-2
+        except Exception as exc:  # noqa: BLE001 - record and go on
+            rec['error'] = f'{type(exc).__name__}: {exc}'
+        out.append(rec)
     return out
 
 
@@ -180,6 +214,8 @@ def main() -> None:
     print(json.dumps({k: v for k, v in result.items()}), flush=True)
     result['scan_check'] = check_scan(device)
     print('scan check:', json.dumps(result['scan_check']), flush=True)
+    result['cross_scan_check'] = check_cross_scan(device)
+    print('cross scan check:', json.dumps(result['cross_scan_check']), flush=True)
     result['model_check'] = [check_model(m, device, 32 if args.dry_run else 64, overrides[m])
                              for m in args.models if m.startswith('serpent')]
     print('model check:', json.dumps(result['model_check']), flush=True)
