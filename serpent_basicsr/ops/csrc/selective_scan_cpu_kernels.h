@@ -373,6 +373,23 @@ SS_INLINE bool contiguous_run(const int32_t* idx, int64_t t0, int nt, int64_t* l
   return std::abs(last - first) == nt - 1;
 }
 
+// Chunk c of a group's sequence: its first step t0, length nt, the stored positions of its steps
+// (idx, null for the identity) and whether they form a contiguous run starting at lo.
+struct ChunkSpan {
+  int64_t t0, lo;
+  int nt;
+  const int32_t* idx;
+  bool run;
+};
+SS_INLINE ChunkSpan chunk_span(const int32_t* perm, int64_t L, int64_t c) {
+  ChunkSpan s;
+  s.t0 = c * kChunk;
+  s.nt = int(std::min<int64_t>(kChunk, L - s.t0));
+  s.idx = perm ? perm + s.t0 : nullptr;
+  s.run = contiguous_run(s.idx, s.t0, s.nt, &s.lo);
+  return s;
+}
+
 template <typename T, int NB>
 SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
   typedef typename VecT<T>::type V;
@@ -401,26 +418,22 @@ SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
     const int32_t* perm = a.perm ? a.perm + g * L : nullptr;
     const bool accumulate_y = a.cross && g > 0;
     for (int64_t c = 0; c < a.nchunks; ++c) {
-      const int64_t t0 = c * kChunk;
-      const int T_ = int(std::min<int64_t>(kChunk, L - t0));
-      const int32_t* idx = perm ? perm + t0 : nullptr;
-      int64_t lo;
-      const bool run = contiguous_run(idx, t0, T_, &lo);
-      load_rows(bc, a.bc_ps, a.R, N, Np, idx, t0, T_, bufB.data(), bufC.data(), dtsb.data());
+      const ChunkSpan sp = chunk_span(perm, L, c);
+      load_rows(bc, a.bc_ps, a.R, N, Np, sp.idx, sp.t0, sp.nt, bufB.data(), bufC.data(), dtsb.data());
       for (int64_t i = 0; i < nch; ++i) {
         const int64_t cc = k.c_lo + i, d = g * a.cpg + cc, bd = b * a.dim + d;
-        if (run && i + 1 < nch) {
-          const int64_t bytes = sizeof(T) * T_;
+        if (sp.run && i + 1 < nch) {
+          const int64_t bytes = sizeof(T) * sp.nt;
           if (!a.cross) {  // channels-last slices are read by the previous channel already
-            prefetch_span(a.u + chan_off(a, b, g, cc + 1) + lo, bytes);
-            prefetch_span(a.delta + (bd + 1) * L + lo, bytes);
-            if (a.z) prefetch_span(a.z + (bd + 1) * L + lo, bytes);
-            prefetch_span_w(a.y + chan_off(a, b, g, cc + 1) + lo, bytes);
+            prefetch_span(a.u + chan_off(a, b, g, cc + 1) + sp.lo, bytes);
+            prefetch_span(a.delta + (bd + 1) * L + sp.lo, bytes);
+            if (a.z) prefetch_span(a.z + (bd + 1) * L + sp.lo, bytes);
+            prefetch_span_w(a.y + chan_off(a, b, g, cc + 1) + sp.lo, bytes);
           }
         }
-        gather(a.u + chan_off(a, b, g, cc), ps, idx, t0, T_, ub);
+        gather(a.u + chan_off(a, b, g, cc), ps, sp.idx, sp.t0, sp.nt, ub);
         if (a.R > 0) project_dt(dtsb.data(), a.Wdt + d * a.R, a.R, xb);
-        else gather(a.delta + bd * L, 1, idx, t0, T_, xb);
+        else gather(a.delta + bd * L, 1, sp.idx, sp.t0, sp.nt, xb);
         chunk_prologue(a, d, dtb, ub, bub, xb);
         V h[NB > 0 ? NB : kMaxNB], Av[NB > 0 ? NB : kMaxNB];
         for (int j = 0; j < nb; ++j) {
@@ -431,20 +444,20 @@ SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
           T* ck = a.ckpt + (bd * a.nchunks + c) * Np;
           for (int j = 0; j < nb; ++j) vstore(ck + j * W, h[j]);
         }
-        chunk_states<T, NB>(T_, nb, Np, dtb, bub, bufB.data(), bufC.data(), Av, amax[i], h, scratch, false, yb);
+        chunk_states<T, NB>(sp.nt, nb, Np, dtb, bub, bufB.data(), bufC.data(), Av, amax[i], h, scratch, false, yb);
         for (int j = 0; j < nb; ++j) vstore(&hs[i * Np + j * W], h[j]);
         // epilogue: D skip and z gating, vectorised over time
         const T Dd = a.D ? a.D[d] : T(0);
         if (a.z) {
           alignas(64) T zb[kChunk], sgb[kChunk];
-          gather(a.z + bd * L, 1, idx, t0, T_, zb);
+          gather(a.z + bd * L, 1, sp.idx, sp.t0, sp.nt, zb);
           chunk_sigmoid(zb, sgb);
           for (int t = 0; t < kChunk; t += W)
             vstore(yb + t, (vload<V>(yb + t) + Dd * vload<V>(ub + t)) * vload<V>(zb + t) * vload<V>(sgb + t));
         } else if (a.D) {
           for (int t = 0; t < kChunk; t += W) vstore(yb + t, vload<V>(yb + t) + Dd * vload<V>(ub + t));
         }
-        scatter(a.y + chan_off(a, b, g, cc), ps, idx, t0, T_, yb, accumulate_y);
+        scatter(a.y + chan_off(a, b, g, cc), ps, sp.idx, sp.t0, sp.nt, yb, accumulate_y);
       }
     }
     if (a.last)
@@ -503,12 +516,8 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
     std::fill(dWs.begin(), dWs.end(), T(0));
 
     for (int64_t c = a.nchunks - 1; c >= 0; --c) {
-      const int64_t t0 = c * kChunk;
-      const int T_ = int(std::min<int64_t>(kChunk, L - t0));
-      const int32_t* idx = perm ? perm + t0 : nullptr;
-      int64_t lo;
-      const bool run = contiguous_run(idx, t0, T_, &lo);
-      load_rows(bc, a.bc_ps, a.R, N, Np, idx, t0, T_, bufB.data(), bufC.data(), dtsb.data());
+      const ChunkSpan sp = chunk_span(perm, L, c);
+      load_rows(bc, a.bc_ps, a.R, N, Np, sp.idx, sp.t0, sp.nt, bufB.data(), bufC.data(), dtsb.data());
       std::fill(bufdB.begin(), bufdB.end(), T(0));
       std::fill(bufdC.begin(), bufdC.end(), T(0));
       std::fill(bufddts.begin(), bufddts.end(), T(0));
@@ -516,21 +525,21 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
         const int64_t cc = k.c_lo + i, d = g * a.cpg + cc, bd = b * a.dim + d;
         if (i + 1 < nch) {
           prefetch_span(a.ckpt + ((bd + 1) * a.nchunks + c) * Np, sizeof(T) * Np);
-          if (run && !a.cross) {
-            const int64_t bytes = sizeof(T) * T_;
-            prefetch_span(a.u + chan_off(a, b, g, cc + 1) + lo, bytes);
-            prefetch_span(a.delta + (bd + 1) * L + lo, bytes);
-            prefetch_span(a.dout + chan_off(a, b, g, cc + 1) + lo, bytes);
-            prefetch_span_w(a.ddelta + (bd + 1) * L + lo, bytes);
+          if (sp.run && !a.cross) {
+            const int64_t bytes = sizeof(T) * sp.nt;
+            prefetch_span(a.u + chan_off(a, b, g, cc + 1) + sp.lo, bytes);
+            prefetch_span(a.delta + (bd + 1) * L + sp.lo, bytes);
+            prefetch_span(a.dout + chan_off(a, b, g, cc + 1) + sp.lo, bytes);
+            prefetch_span_w(a.ddelta + (bd + 1) * L + sp.lo, bytes);
             if (a.z) {
-              prefetch_span(a.z + (bd + 1) * L + lo, bytes);
-              prefetch_span_w(a.dz + (bd + 1) * L + lo, bytes);
+              prefetch_span(a.z + (bd + 1) * L + sp.lo, bytes);
+              prefetch_span_w(a.dz + (bd + 1) * L + sp.lo, bytes);
             }
           }
         }
-        gather(a.u + chan_off(a, b, g, cc), ps, idx, t0, T_, ub);
+        gather(a.u + chan_off(a, b, g, cc), ps, sp.idx, sp.t0, sp.nt, ub);
         if (R > 0) project_dt(dtsb.data(), a.Wdt + d * R, R, xb);
-        else gather(a.delta + bd * L, 1, idx, t0, T_, xb);
+        else gather(a.delta + bd * L, 1, sp.idx, sp.t0, sp.nt, xb);
         chunk_prologue(a, d, dtb, ub, bub, xb);
         V Av[NBc], h[NBc], Ar[NBc];
         const T* ck = a.ckpt + (bd * a.nchunks + c) * Np;
@@ -540,14 +549,14 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
           h[j] = vload<V>(ck + j * W);
         }
         // recompute the chunk's states (bit-identical to the forward) and decays; y before gating if z
-        chunk_states<T, NB>(T_, nb, Np, dtb, bub, bufB.data(), bufC.data(), Av, amax[i], h, scratch, true,
+        chunk_states<T, NB>(sp.nt, nb, Np, dtb, bub, bufB.data(), bufC.data(), Av, amax[i], h, scratch, true,
                             a.z ? y0b : nullptr);
         // gradient reaching the scan output (before D skip and gating)
         const T Dd = a.D ? a.D[d] : T(0);
-        gather(a.dout + chan_off(a, b, g, cc), ps, idx, t0, T_, dyb);
-        if (a.z) {  // y0b: all kChunk rows written by chunk_states (zeros past T_)
+        gather(a.dout + chan_off(a, b, g, cc), ps, sp.idx, sp.t0, sp.nt, dyb);
+        if (a.z) {  // y0b: all kChunk rows written by chunk_states (zeros past sp.nt)
           alignas(64) T dzb[kChunk];
-          gather(a.z + bd * L, 1, idx, t0, T_, zb);
+          gather(a.z + bd * L, 1, sp.idx, sp.t0, sp.nt, zb);
           chunk_sigmoid(zb, sgb);
           for (int t = 0; t < kChunk; t += W) {
             const V zv = vload<V>(zb + t), sg = vload<V>(sgb + t), dov = vload<V>(dyb + t);
@@ -555,7 +564,7 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
             vstore(dzb + t, dov * yD * sg * (T(1) + zv * (T(1) - sg)));
             vstore(dyb + t, dov * zv * sg);
           }
-          scatter(a.dz + bd * L, 1, idx, t0, T_, dzb, false);
+          scatter(a.dz + bd * L, 1, sp.idx, sp.t0, sp.nt, dzb, false);
         }
         // adjoint recursion backwards in time; the per-step sums over the state (S1 = sum g B,
         // S2 = sum g a h_{t-1} A) are kept as lane vectors and reduced W steps at a time afterwards
@@ -564,7 +573,7 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
           r[j] = vload<V>(&rs[i * Np + j * W]);
           dA[j] = vload<V>(&dAs[i * Np + j * W]);
         }
-        for (int t = T_ - 1; t >= 0; --t) {
+        for (int t = sp.nt - 1; t >= 0; --t) {
           const V dyv = vsplat<V>(dyb[t]), buv = vsplat<V>(bub[t]), dtv = vsplat<V>(dtb[t]);
           const T* Br = &bufB[t * Np];
           const T* Cr = &bufC[t * Np];
@@ -592,7 +601,7 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
           vstore(&rs[i * Np + j * W], r[j]);
           vstore(&dAs[i * Np + j * W], dA[j]);
         }
-        for (int t = T_; t < kChunk; ++t) { vstore(s1b + t * W, V{}); vstore(s2b + t * W, V{}); }
+        for (int t = sp.nt; t < kChunk; ++t) { vstore(s1b + t * W, V{}); vstore(s2b + t * W, V{}); }
         row_sums(s1b, kChunk, S1b);
         row_sums(s2b, kChunk, S2b);
         // du = dt S1 + D dy; d(dt) = S2 + u S1, then through softplus; dD and d(bias) sums
@@ -602,7 +611,7 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
           vstore(ddtb + t, vload<V>(S2b + t) + vload<V>(ub + t) * S1);
         }
         T dD = 0, db = 0;
-        for (int t = 0; t < T_; ++t) dD += dyb[t] * ub[t];
+        for (int t = 0; t < sp.nt; ++t) dD += dyb[t] * ub[t];
         if (a.softplus) {
           chunk_sigmoid(xb, sgb);
           for (int t = 0; t < kChunk; t += W) {
@@ -610,20 +619,20 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
             vstore(ddtb + t, vload<V>(ddtb + t) * (x > T(20) ? vsplat<V>(T(1)) : vload<V>(sgb + t)));
           }
         }
-        for (int t = 0; t < T_; ++t) db += ddtb[t];
+        for (int t = 0; t < sp.nt; ++t) db += ddtb[t];
         dDs[i] += dD;
         dbs[i] += db;
-        scatter(a.du + chan_off(a, b, g, cc), ps, idx, t0, T_, dub, accumulate_du);
+        scatter(a.du + chan_off(a, b, g, cc), ps, sp.idx, sp.t0, sp.nt, dub, accumulate_du);
         if (R > 0) {  // through the fused dt projection: d(dt inputs) summed over channels, d(weight)
-          for (int t = T_; t < kChunk; ++t) ddtb[t] = 0;
+          for (int t = sp.nt; t < kChunk; ++t) ddtb[t] = 0;
           project_dt_grad(dtsb.data(), a.Wdt + d * R, R, ddtb, bufddts.data(), &dWs[i * R]);
         } else {
-          scatter(a.ddelta + bd * L, 1, idx, t0, T_, ddtb, false);
+          scatter(a.ddelta + bd * L, 1, sp.idx, sp.t0, sp.nt, ddtb, false);
         }
       }
       // this task's share of the rows' gradient for the chunk: [d(dt inputs), dB, dC]
-      for (int t = 0; t < T_; ++t) {
-        T* row = dbc + pos_of(idx, t0, t) * a.bc_ps;
+      for (int t = 0; t < sp.nt; ++t) {
+        T* row = dbc + pos_of(sp.idx, sp.t0, t) * a.bc_ps;
         for (int64_t r = 0; r < R; ++r) row[r] = bufddts[r * kChunk + t];
         std::memcpy(row + R, &bufdB[t * Np], sizeof(T) * N);
         std::memcpy(row + R + N, &bufdC[t * Np], sizeof(T) * N);
