@@ -22,6 +22,14 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def cast_to(t: Optional[torch.Tensor], dtype: torch.dtype, contiguous: bool = True) -> Optional[torch.Tensor]:
+    """t in the compute dtype (differentiable), made contiguous unless asked not to; None stays None."""
+    if t is None:
+        return None
+    t = t.to(dtype)
+    return t.contiguous() if contiguous else t
+
+
 def check_shapes(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor]) -> None:
     """Raise ValueError naming the argument whose shape does not fit mamba-ssm's conventions."""
@@ -61,10 +69,7 @@ def prepare(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tens
     acc = compute_dtype(u.dtype)
 
     def cast(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        if t is None:
-            return None
-        t = t.to(acc)
-        return t.contiguous() if contiguous else t
+        return cast_to(t, acc, contiguous)
 
     B = B.unsqueeze(1) if B.dim() == 3 else B
     C = C.unsqueeze(1) if C.dim() == 3 else C

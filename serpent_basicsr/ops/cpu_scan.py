@@ -12,7 +12,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._checks import compute_dtype, prepare
+from ._checks import cast_to, compute_dtype, prepare
 
 _EXT: Optional[ModuleType] = None
 _ERROR: Optional[str] = None
@@ -97,13 +97,10 @@ def cross_scan_cpu(x: torch.Tensor, dt_weight: torch.Tensor, A: torch.Tensor, ro
     returns y (batch, L, D) summed over directions, in x's dtype."""
     _check_available(x.device)
     acc = compute_dtype(x.dtype)
-
-    def cast(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        return None if t is None else t.to(acc).contiguous()
-
     r = rows.to(acc)
     if not (r.stride(3) == 1 and (r.is_contiguous() or r.transpose(1, 2).is_contiguous())):
-        r = r.contiguous()
-    y, _ = _ScanCpu.apply(cast(x), None, cast(A), r, cast(D), None, cast(delta_bias), bool(delta_softplus),
-                          perm.to(torch.int32).contiguous(), cast(dt_weight))
+        r = r.contiguous()  # the kernel takes the two dense layouts of rows as they are
+    y, _ = _ScanCpu.apply(cast_to(x, acc), None, cast_to(A, acc), r, cast_to(D, acc), None,
+                          cast_to(delta_bias, acc), bool(delta_softplus), perm.to(torch.int32).contiguous(),
+                          cast_to(dt_weight, acc))
     return y.to(x.dtype)

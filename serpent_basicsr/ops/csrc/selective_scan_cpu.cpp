@@ -75,7 +75,7 @@ template <> constexpr float kDecayScale<float> = 1.44269504088896341f;
 
 template <typename T> struct Args {
   // inputs
-  const T* u; const T* delta; const T* A; const T* BC;
+  const T* u; const T* delta; const T* A; const T* rows;
   const T* D; const T* z; const T* bias;
   const int32_t* perm;  // (G, L): stored position of step t in group g; null = identity
   // forward outputs (may be null)
@@ -86,8 +86,8 @@ template <typename T> struct Args {
   T* dA_part;   // (batch, dim, N)
   T* dD_part;   // (batch, dim)
   T* dbias_part;  // (batch, dim)
-  T* dBC_part;  // P copies of the rows' layout, bc_size elements apart
-  int64_t bc_bs, bc_gs, bc_ps, bc_size;  // row element strides of batch, group, position; P stride
+  T* drows_part;  // P copies of the rows' layout, rows_size elements apart
+  int64_t rows_bs, rows_gs, rows_ps, rows_size;  // row element strides of batch, group, position; P stride
   int64_t batch, dim, L, N, Np, G, cpg, P, nchunks;
   // cross mode (SS2D): u / du / y / dout are channels-last (batch, L, cpg), u shared by the groups
   // and y summed over them; delta = Wdt (dim, R) times the rows' first R values (no delta tensor)
@@ -154,7 +154,7 @@ bool rows_dense(const at::Tensor& rows) {
 }
 
 // Shapes of the kernel's two layouts (see the top of this file); raises naming the argument.
-// Plain: u, delta (batch, dim, L), rows = BC (batch, G, L, 2N). Cross (Wdt given): u (batch, L, dim / G),
+// Plain: u, delta (batch, dim, L), rows = B and C (batch, G, L, 2N). Cross (Wdt given): u (batch, L, dim / G),
 // no delta, rows (batch, G, L, R + 2N) with R = Wdt.size(1), no z.
 void check_inputs(const at::Tensor& u, const c10::optional<at::Tensor>& delta, const at::Tensor& A,
                   const at::Tensor& rows, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
@@ -250,8 +250,8 @@ void fill_common(Args<T>& a, const at::Tensor& u, const c10::optional<at::Tensor
                  const c10::optional<at::Tensor>& Wdt) {
   std::memset(&a, 0, sizeof(a));
   constexpr int W = VecT<T>::lanes;
-  a.u = u.data_ptr<T>(); a.delta = opt_data<T>(delta); a.A = A.data_ptr<T>(); a.BC = rows.data_ptr<T>();
-  a.bc_bs = rows.stride(0); a.bc_gs = rows.stride(1); a.bc_ps = rows.stride(2); a.bc_size = rows.numel();
+  a.u = u.data_ptr<T>(); a.delta = opt_data<T>(delta); a.A = A.data_ptr<T>(); a.rows = rows.data_ptr<T>();
+  a.rows_bs = rows.stride(0); a.rows_gs = rows.stride(1); a.rows_ps = rows.stride(2); a.rows_size = rows.numel();
   a.D = opt_data<T>(D); a.z = opt_data<T>(z); a.bias = opt_data<T>(bias);
   a.perm = opt_ptr_check(perm) ? perm->data_ptr<int32_t>() : nullptr;
   a.cross = opt_ptr_check(Wdt);
@@ -333,7 +333,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const c10::optional<at::Te
       a.dA_part = dA_part.data_ptr<scalar_t>(); a.dD_part = dD_part.data_ptr<scalar_t>();
       a.dbias_part = db_part.data_ptr<scalar_t>();
       a.dWdt_part = cross ? dW_part.data_ptr<scalar_t>() : nullptr;
-      a.dBC_part = part.data_ptr<scalar_t>();
+      a.drows_part = part.data_ptr<scalar_t>();
       run_tasks(a, pick<scalar_t>(false, int(a.Np / VecT<scalar_t>::lanes)));
     }
     drows = a.P == 1 ? part.squeeze(0) : part.sum(0);

@@ -414,22 +414,21 @@ SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
         amax[i] = std::max(amax[i], std::abs(Ap[i * Np + n]));
       }
     }
-    const T* bc = a.BC + b * a.bc_bs + g * a.bc_gs;
+    const T* grows = a.rows + b * a.rows_bs + g * a.rows_gs;  // this (batch, group)'s rows
     const int32_t* perm = a.perm ? a.perm + g * L : nullptr;
     const bool accumulate_y = a.cross && g > 0;
     for (int64_t c = 0; c < a.nchunks; ++c) {
       const ChunkSpan sp = chunk_span(perm, L, c);
-      load_rows(bc, a.bc_ps, a.R, N, Np, sp.idx, sp.t0, sp.nt, bufB.data(), bufC.data(), dtsb.data());
+      load_rows(grows, a.rows_ps, a.R, N, Np, sp.idx, sp.t0, sp.nt, bufB.data(), bufC.data(), dtsb.data());
       for (int64_t i = 0; i < nch; ++i) {
         const int64_t cc = k.c_lo + i, d = g * a.cpg + cc, bd = b * a.dim + d;
-        if (sp.run && i + 1 < nch) {
+        // (channels-last slices in cross mode were just read by the previous channel)
+        if (!a.cross && sp.run && i + 1 < nch) {
           const int64_t bytes = sizeof(T) * sp.nt;
-          if (!a.cross) {  // channels-last slices are read by the previous channel already
-            prefetch_span(a.u + chan_off(a, b, g, cc + 1) + sp.lo, bytes);
-            prefetch_span(a.delta + (bd + 1) * L + sp.lo, bytes);
-            if (a.z) prefetch_span(a.z + (bd + 1) * L + sp.lo, bytes);
-            prefetch_span_w(a.y + chan_off(a, b, g, cc + 1) + sp.lo, bytes);
-          }
+          prefetch_span(a.u + chan_off(a, b, g, cc + 1) + sp.lo, bytes);
+          prefetch_span(a.delta + (bd + 1) * L + sp.lo, bytes);
+          if (a.z) prefetch_span(a.z + (bd + 1) * L + sp.lo, bytes);
+          prefetch_span_w(a.y + chan_off(a, b, g, cc + 1) + sp.lo, bytes);
         }
         gather(a.u + chan_off(a, b, g, cc), ps, sp.idx, sp.t0, sp.nt, ub);
         if (a.R > 0) project_dt(dtsb.data(), a.Wdt + d * a.R, a.R, xb);
@@ -476,10 +475,10 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
   const int nb = NB > 0 ? NB : int(Np / W);
   // this task's slice of the partial sums of the rows' gradient: P copies laid out like the rows
   const int64_t R = a.R, RW = R + 2 * N;
-  T* dbc_task = a.dBC_part + k.blk * a.bc_size + b * a.bc_bs;
+  T* drows_task = a.drows_part + k.blk * a.rows_size + b * a.rows_bs;
   if (nch <= 0) {  // an empty block still owns its slice of the partial sums
     for (int64_t g = 0; g < a.G; ++g)
-      for (int64_t p = 0; p < L; ++p) std::fill_n(dbc_task + g * a.bc_gs + p * a.bc_ps, RW, T(0));
+      for (int64_t p = 0; p < L; ++p) std::fill_n(drows_task + g * a.rows_gs + p * a.rows_ps, RW, T(0));
     return;
   }
 
@@ -509,15 +508,15 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
         dAs[i * Np + n] = 0;
       }
     }
-    const T* bc = a.BC + b * a.bc_bs + g * a.bc_gs;
-    T* dbc = dbc_task + g * a.bc_gs;
+    const T* grows = a.rows + b * a.rows_bs + g * a.rows_gs;  // this (batch, group)'s rows
+    T* drows = drows_task + g * a.rows_gs;
     const int32_t* perm = a.perm ? a.perm + g * L : nullptr;
     const bool accumulate_du = a.cross && g > 0;
     std::fill(dWs.begin(), dWs.end(), T(0));
 
     for (int64_t c = a.nchunks - 1; c >= 0; --c) {
       const ChunkSpan sp = chunk_span(perm, L, c);
-      load_rows(bc, a.bc_ps, a.R, N, Np, sp.idx, sp.t0, sp.nt, bufB.data(), bufC.data(), dtsb.data());
+      load_rows(grows, a.rows_ps, a.R, N, Np, sp.idx, sp.t0, sp.nt, bufB.data(), bufC.data(), dtsb.data());
       std::fill(bufdB.begin(), bufdB.end(), T(0));
       std::fill(bufdC.begin(), bufdC.end(), T(0));
       std::fill(bufddts.begin(), bufddts.end(), T(0));
@@ -632,7 +631,7 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
       }
       // this task's share of the rows' gradient for the chunk: [d(dt inputs), dB, dC]
       for (int t = 0; t < sp.nt; ++t) {
-        T* row = dbc + pos_of(sp.idx, sp.t0, t) * a.bc_ps;
+        T* row = drows + pos_of(sp.idx, sp.t0, t) * a.rows_ps;
         for (int64_t r = 0; r < R; ++r) row[r] = bufddts[r * kChunk + t];
         std::memcpy(row + R, &bufdB[t * Np], sizeof(T) * N);
         std::memcpy(row + R + N, &bufdC[t * Np], sizeof(T) * N);
