@@ -206,3 +206,40 @@ def test_environment_tensorboard_cli_and_mamba_ssm_installed(tmp_path):
             'print(importlib.util.find_spec("mamba_ssm") is not None, "mamba_ssm" in sys.modules)\n')
     out = run(['python', '-c', code], tmp_path)
     assert out.returncode == 0 and out.stdout.split() == ['True', 'False'], out.stderr[-2000:]
+
+
+_FAULTS = """
+import os, resource, sys
+import serpent_basicsr, torch
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+x = torch.ones(16 * 2 ** 20)  # 64 MB: 16384 pages of 4 KB
+print(os.environ['THP_MEM_ALLOC_ENABLE'], os.environ['OMP_WAIT_POLICY'],
+      resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+"""
+
+
+def _thp_mode() -> str:
+    try:
+        text = Path('/sys/kernel/mm/transparent_hugepage/enabled').read_text()
+    except OSError:
+        return 'absent'
+    return text.split('[', 1)[1].split(']', 1)[0] if '[' in text else 'absent'
+
+
+def test_import_defaults_huge_pages_and_passive_omp_unless_the_user_set_them(tmp_path):
+    import os
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k not in ('THP_MEM_ALLOC_ENABLE', 'OMP_WAIT_POLICY')}
+    out = subprocess.run([sys.executable, '-c', _FAULTS], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    thp, omp, faults = out.stdout.split()
+    assert (thp, omp) == ('1', 'PASSIVE')
+    if _thp_mode() in ('madvise', 'always'):
+        # Huge pages: a few dozen faults of 2 MB instead of 16384 of 4 KB (allow fallbacks).
+        assert int(faults) < 16384 // 4, faults
+    out = subprocess.run([sys.executable, '-c', _FAULTS], env=dict(env, THP_MEM_ALLOC_ENABLE='0'), cwd=tmp_path,
+                         capture_output=True, text=True)
+    thp, _, faults = out.stdout.split()
+    assert thp == '0'
+    if _thp_mode() == 'madvise':
+        assert int(faults) >= 16384 // 2, faults  # the user's choice wins: 4 KB pages
