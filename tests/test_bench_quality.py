@@ -49,5 +49,8 @@ def test_quality_bench_single_model_probe_and_bad_model_name(tmp_path):
     res = json.loads((tmp_path / 'out' / 'quality.json').read_text())
     assert [r['method'] for r in res['rows']][2:] == ['Serpent (equal wall-clock)']
     assert set(res['targets']) == {'serpent_ge_classical_plus_1db'}
+    assert quality.main(_args(tmp_path, '--models', 'swinir', '--swinir-net', json.dumps(tiny_swinir()))) == 0
+    res = json.loads((tmp_path / 'out' / 'quality.json').read_text())
+    assert [r['method'] for r in res['rows']][2:] == ['SwinIR-small (equal wall-clock)'] and res['targets'] == {}
     with pytest.raises(SystemExit, match='--models'):
         quality.main(_args(tmp_path, '--models', 'serpent,unet'))

@@ -279,7 +279,7 @@ def main(argv=None) -> int:
     if serp:
         targets['serpent_ge_classical_plus_1db'] = bool(serp['psnr'] >= classical['classical']['psnr'] + 1.0)
     res = dict(
-        config=dict(vars(args), serpent_spec=specs['Serpent'], swinir_spec=swin_spec),
+        config=dict(vars(args), serpent_spec=specs.get('Serpent'), swinir_spec=specs.get('SwinIR-small')),
         machine=dict(platform=platform.platform(), torch=torch.__version__, cpu_count=os.cpu_count()),
         data_generation_seconds=round(data_seconds, 1), val_images=len(pairs), val_names=[p[0] for p in pairs],
         rows=rows, targets=targets)
