@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import os.path as osp
 import sys
@@ -43,7 +44,7 @@ def restore_image(net: 'torch.nn.Module', img: np.ndarray, tile: Optional[int] =
     overlap/4 the tiled result equals the untiled one; for global-context nets (SSM,
     attention) the difference shrinks as the overlap grows.
     pad_multiple: reflect-pad each input so H and W are multiples of it (cropped after);
-    default: the net's `size_multiple`/`pad_multiple` attribute, else 1.
+    default: `size_multiple_of(net)`.
     """
     import torch
 
@@ -73,7 +74,7 @@ def restore_image(net: 'torch.nn.Module', img: np.ndarray, tile: Optional[int] =
         raise ValueError(f'the network takes {net_ch} channels; cannot restore an image with {ch}')
 
     dev = torch.device(device) if device else next(iter(net.parameters())).device
-    multiple = pad_multiple or getattr(net, 'size_multiple', None) or getattr(net, 'pad_multiple', None) or 1
+    multiple = pad_multiple or size_multiple_of(net)
     was_training = net.training
     net.eval()
     try:
@@ -95,6 +96,23 @@ def restore_image(net: 'torch.nn.Module', img: np.ndarray, tile: Optional[int] =
     if gray_in:
         y = y[..., 0]
     return _from_float(np.clip(y, 0.0, 1.0), dtype)
+
+
+def size_multiple_of(net: 'torch.nn.Module') -> int:
+    """The multiple H and W must have for `net`: its own `size_multiple` or `pad_multiple` attribute
+    (Serpent, or any net that declares it); else the least common multiple of the integer
+    `window_size` attributes of its modules (window attention: BasicSR's SwinIR neither pads nor
+    declares a multiple, its blocks carry `window_size`); else 1."""
+    for name in ('size_multiple', 'pad_multiple'):
+        value = getattr(net, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    multiple = 1
+    for module in net.modules():
+        window = getattr(module, 'window_size', None)
+        if isinstance(window, int) and window > 0:
+            multiple = math.lcm(multiple, window)
+    return multiple
 
 
 def _run_tiled(net, x, tile: Optional[int], overlap: int, multiple: int):

@@ -11,7 +11,9 @@ import pytest
 import torch
 from skimage import data as skdata
 
-from serpent_basicsr.inference import main, read_image, restore_image
+from serpent_basicsr.inference import main, read_image, restore_image, size_multiple_of
+
+from conftest import tiny_swinir
 
 SPEC = "{type: SRVGGNetCompact, num_in_ch: 3, num_out_ch: 3, num_feat: 8, num_conv: 2, upscale: 1}"
 
@@ -46,6 +48,22 @@ def test_odd_size_is_padded_and_cropped():
     assert out.shape == img.shape and out.dtype == np.uint8
     with pytest.raises(AssertionError):
         restore_image(Down4Net(), img, pad_multiple=1)
+
+
+def test_window_attention_nets_are_padded_to_their_window():
+    """BasicSR's SwinIR neither pads nor declares a multiple: the window size of its blocks is used."""
+    from basicsr.archs import build_network
+
+    torch.manual_seed(0)
+    swinir = build_network(tiny_swinir())
+    assert size_multiple_of(swinir) == 8
+    assert size_multiple_of(build_network({'type': 'Serpent', 'preset': 'serpent_s'})) > 1
+    assert size_multiple_of(ConvNet()) == 1 and size_multiple_of(Down4Net()) == 4
+    img = cv2.resize(skdata.astronaut(), (53, 37))
+    out = restore_image(swinir, img)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    with pytest.raises(Exception):  # unpadded, its window partition fails
+        restore_image(swinir, img, pad_multiple=1)
 
 
 def test_tiled_equals_untiled_for_a_local_net():

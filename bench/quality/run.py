@@ -184,10 +184,10 @@ def train(args, trainees: List[Trainee]) -> float:
     return batches.seconds
 
 
-def evaluate(net: torch.nn.Module, pairs, args, multiple=None) -> Dict[str, Any]:
-    """multiple: pad inputs to it (BasicSR's SwinIR needs its window_size and does not pad itself)."""
+def evaluate(net: torch.nn.Module, pairs, args) -> Dict[str, Any]:
+    """restore_image pads each photo to the multiple the net needs (SwinIR: its window size)."""
     t0 = time.perf_counter()
-    outs = [restore_image(net, p[1], tile=args.eval_tile, tile_overlap=32, pad_multiple=multiple) for p in pairs]
+    outs = [restore_image(net, p[1], tile=args.eval_tile, tile_overlap=32) for p in pairs]
     res = baselines.score(outs, [p[2] for p in pairs])
     res['eval_seconds'] = round(time.perf_counter() - t0, 1)
     return res, outs
@@ -264,7 +264,7 @@ def main(argv=None) -> int:
             it = pick(t)
             if (t.name, it) not in cache:  # the slower model's final weights serve both comparisons
                 t.net.load_state_dict(t.snaps[it])
-                cache[(t.name, it)] = evaluate(t.net, pairs, args, t.spec.get('window_size'))
+                cache[(t.name, it)] = evaluate(t.net, pairs, args)
             scores, outs = cache[(t.name, it)]
             if label == 'equal wall-clock':
                 final_outs[t.name] = outs
