@@ -189,10 +189,13 @@ def test_cpu_kernel_portable_path_matches_simd_path():
 
 
 @pytest.mark.skipif('cpu' not in CPU_BACKENDS, reason='compiled CPU kernel not built')
-def test_cpu_kernel_threads_agree():
-    """Big enough (2^22 elements) for the OpenMP path; 1 and 2 threads split the work differently."""
+@pytest.mark.parametrize('dim,length', [(16, 16384), (5, 53000)])
+def test_cpu_kernel_threads_agree(dim, length):
+    """Big enough (2^22 elements) for the OpenMP path; 1 and 2 threads split the work differently
+    (with 2 threads: 4 channel blocks; 5 channels make blocks of 2, 2, 1 and an empty one, which
+    must still zero its share of dB / dC)."""
     old = torch.get_num_threads()
-    inputs = make_inputs(31, batch=1, dim=16, n=16, length=16384, groups=1)
+    inputs = make_inputs(31, batch=1, dim=dim, n=16, length=length, groups=1)
     results = []
     try:
         for threads in (1, 2):
@@ -211,8 +214,7 @@ def test_cpu_kernel_keeps_only_chunk_checkpoints():
     ext = cpu_scan.load()
     x = make_inputs(1, batch=1, dim=4, n=16, length=1000, groups=1, dtype=torch.float32)
     u, delta, A, B, C, D, z, bias = [x[k].detach() for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')]
-    bc = torch.cat([B, C], dim=2).transpose(2, 3).contiguous()
-    args = (u, delta, A, bc, D, z, bias, True)
+    args = (u, delta, A, B, C, D, z, bias, True)
     _, _, ckpt = ext.fwd(*args, True, None, None)
     k = ext.chunk_size()
     assert tuple(ckpt.shape) == (1, 4, -(-1000 // k), 16)

@@ -38,32 +38,33 @@ def load_error() -> Optional[str]:
 
 
 class _ScanCpu(torch.autograd.Function):
-    """Kernel layouts (csrc/selective_scan_cpu.cpp). Plain: u, delta (batch, dim, L), rows = B and C
-    as (batch, groups, L, 2N). Cross (Wdt given): u (batch, L, dim / groups) shared by the groups,
-    delta = Wdt (dim, R) times the rows' first R values, rows (batch, groups, L, R + 2N), y
-    (batch, L, dim / groups) summed over groups. perm (groups, L) int32 or None (identity)."""
+    """Kernel layouts (csrc/selective_scan_cpu.cpp). Plain: u, delta (batch, dim, L), B and C
+    (batch, groups, N, L) as mamba-ssm has them (read in place). Cross (Wdt given, C None): u
+    (batch, L, dim / groups) shared by the groups, delta = Wdt (dim, R) times the rows' first R
+    values, B = the rows (batch, groups, L, R + 2N), y (batch, L, dim / groups) summed over groups.
+    perm (groups, L) int32 or None (identity). Gradients come back in the inputs' layouts."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, rows, D, z, delta_bias, delta_softplus, perm, Wdt):  # noqa: D102
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, perm, Wdt):  # noqa: D102
         ext = load()
-        need_grad = any(ctx.needs_input_grad[:7]) or ctx.needs_input_grad[9]
-        y, last, ckpt = ext.fwd(u, delta, A, rows, D, z, delta_bias, delta_softplus, need_grad, perm, Wdt)
+        need_grad = any(ctx.needs_input_grad[:8]) or ctx.needs_input_grad[10]
+        y, last, ckpt = ext.fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, need_grad, perm, Wdt)
         ctx.delta_softplus, ctx.perm = delta_softplus, perm
         ctx.set_materialize_grads(False)
         if need_grad:
-            ctx.save_for_backward(u, delta, A, rows, D, z, delta_bias, Wdt, ckpt)
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, Wdt, ckpt)
         return y, last
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dlast):  # noqa: D102
-        u, delta, A, rows, D, z, delta_bias, Wdt, ckpt = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, Wdt, ckpt = ctx.saved_tensors
         dy = torch.zeros_like(u) if dy is None else dy.contiguous().to(u.dtype)
         if dlast is not None:
             dlast = dlast.contiguous().to(u.dtype)
-        du, ddelta, dA, drows, dD, dz, dbias, dWdt = load().bwd(
-            u, delta, A, rows, D, z, delta_bias, ctx.delta_softplus, ckpt, dy, dlast, ctx.perm, Wdt)
-        return du, ddelta, dA, drows, dD, dz, dbias, None, None, dWdt
+        du, ddelta, dA, dB, dC, dD, dz, dbias, dWdt = load().bwd(
+            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ckpt, dy, dlast, ctx.perm, Wdt)
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None, dWdt
 
 
 def _check_available(device: torch.device) -> None:
@@ -81,10 +82,8 @@ def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     """Selective scan with the compiled CPU kernel (CPU tensors; float64 stays float64,
     other dtypes are computed in float32 and y is returned in u's dtype)."""
     _check_available(u.device)
-    x = prepare(u, delta, A, B, C, D, z, delta_bias)
-    # the kernel reads B and C as rows over the state: (batch, groups, L, 2N)
-    bc = torch.cat([x.B, x.C], dim=2).transpose(2, 3).contiguous()
-    y, last = _ScanCpu.apply(x.u, x.delta, x.A, bc, x.D, x.z, x.delta_bias, bool(delta_softplus), None, None)
+    x = prepare(u, delta, A, B, C, D, z, delta_bias)  # B, C: (batch, groups, N, L), read in place
+    y, last = _ScanCpu.apply(x.u, x.delta, x.A, x.B, x.C, x.D, x.z, x.delta_bias, bool(delta_softplus), None, None)
     y = y.to(u.dtype)
     return (y, last) if return_last_state else y
 
@@ -100,7 +99,7 @@ def cross_scan_cpu(x: torch.Tensor, dt_weight: torch.Tensor, A: torch.Tensor, ro
     r = rows.to(acc)
     if not (r.stride(3) == 1 and (r.is_contiguous() or r.transpose(1, 2).is_contiguous())):
         r = r.contiguous()  # the kernel takes the two dense layouts of rows as they are
-    y, _ = _ScanCpu.apply(cast_to(x, acc), None, cast_to(A, acc), r, cast_to(D, acc), None,
+    y, _ = _ScanCpu.apply(cast_to(x, acc), None, cast_to(A, acc), r, None, cast_to(D, acc), None,
                           cast_to(delta_bias, acc), bool(delta_softplus), perm.to(torch.int32).contiguous(),
                           cast_to(dt_weight, acc))
     return y.to(x.dtype)

@@ -1,9 +1,9 @@
 // Selective scan (S6) forward and backward on the CPU.
 //
 // Two layouts share the kernels.
-// Plain (mamba-ssm's op): u, delta, z, y: (batch, dim, L); A: (dim, N); rows: (batch, G, L, 2N),
-// B in the first N of each row and C in the last N (the Python wrapper transposes mamba's
-// (batch, G, N, L)); D, bias: (dim,). Channel d = g * (dim / G) + c reads group g.
+// Plain (mamba-ssm's op): u, delta, z, y: (batch, dim, L); A: (dim, N); B, C: (batch, G, N, L) as
+// mamba-ssm has them (read in place, no transposed copy; their gradients come back in that layout);
+// D, bias: (dim,). Channel d = g * (dim / G) + c reads group g.
 // Cross (SS2D, Wdt given): u and y are channels-last (batch, L, dim / G), u shared by the G groups
 // (scan directions) and y summed over them; there is no delta tensor: rows are (batch, G, L, R + 2N)
 // = [dt inputs (R), B, C] and delta = Wdt (dim, R) times the dt inputs, computed per chunk.
@@ -75,7 +75,11 @@ template <> constexpr float kDecayScale<float> = 1.44269504088896341f;
 
 template <typename T> struct Args {
   // inputs
-  const T* u; const T* delta; const T* A; const T* rows;
+  const T* u; const T* delta; const T* A;
+  // the rows: per (batch, group, step) R dt inputs, N B and N C values at base + batch * rows_bs +
+  // group * rows_gs + step * rows_ps + feature * rows_fs (cross: one tensor, rows_fs = 1; plain: B
+  // and C tensors (batch, G, N, L), rows_ps = 1, rows_fs = L, R = 0, rows_dt null)
+  const T* rows_dt; const T* rows_B; const T* rows_C;
   const T* D; const T* z; const T* bias;
   const int32_t* perm;  // (G, L): stored position of step t in group g; null = identity
   // forward outputs (may be null)
@@ -86,8 +90,8 @@ template <typename T> struct Args {
   T* dA_part;   // (batch, dim, N)
   T* dD_part;   // (batch, dim)
   T* dbias_part;  // (batch, dim)
-  T* drows_part;  // P copies of the rows' layout, rows_size elements apart
-  int64_t rows_bs, rows_gs, rows_ps, rows_size;  // row element strides of batch, group, position; P stride
+  T* ddt_part; T* dB_part; T* dC_part;  // P copies of the rows' layout (their strides), part_size apart
+  int64_t rows_bs, rows_gs, rows_ps, rows_fs, part_size;
   int64_t batch, dim, L, N, Np, G, cpg, P, nchunks;
   // cross mode (SS2D): u / du / y / dout are channels-last (batch, L, cpg), u shared by the groups
   // and y summed over them; delta = Wdt (dim, R) times the rows' first R values (no delta tensor)
@@ -147,19 +151,19 @@ TaskFn<T> pick(bool fwd, int nb) {
 // ---- host side ------------------------------------------------------------------------------
 bool opt_ptr_check(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
-// The rows (batch, G, L, R + 2N) are stored either contiguously or as a (batch, L, G, R + 2N)
+// Cross mode: the rows (batch, G, L, R + 2N) are stored either contiguously or as a (batch, L, G, R + 2N)
 // tensor transposed (what a projection of channels-last pixels gives); rows themselves contiguous.
 bool rows_dense(const at::Tensor& rows) {
   return rows.stride(3) == 1 && (rows.is_contiguous() || rows.transpose(1, 2).is_contiguous());
 }
 
 // Shapes of the kernel's two layouts (see the top of this file); raises naming the argument.
-// Plain: u, delta (batch, dim, L), rows = B and C (batch, G, L, 2N). Cross (Wdt given): u (batch, L, dim / G),
-// no delta, rows (batch, G, L, R + 2N) with R = Wdt.size(1), no z.
+// Plain: u, delta (batch, dim, L), B and C (batch, G, N, L). Cross (Wdt given): u (batch, L, dim / G),
+// no delta, rows = B (batch, G, L, R + 2N) with R = Wdt.size(1), no C, no z.
 void check_inputs(const at::Tensor& u, const c10::optional<at::Tensor>& delta, const at::Tensor& A,
-                  const at::Tensor& rows, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
-                  const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& perm,
-                  const c10::optional<at::Tensor>& Wdt) {
+                  const at::Tensor& rows, const c10::optional<at::Tensor>& C, const c10::optional<at::Tensor>& D,
+                  const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
+                  const c10::optional<at::Tensor>& perm, const c10::optional<at::Tensor>& Wdt) {
   TORCH_CHECK(u.device().is_cpu(), "selective_scan cpu backend: tensors must be on the CPU");
   TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble,
               "selective_scan cpu backend: float32 or float64 expected, got ", u.scalar_type());
@@ -167,15 +171,24 @@ void check_inputs(const at::Tensor& u, const c10::optional<at::Tensor>& delta, c
   const int64_t dim = A.size(0), N = A.size(1);
   const bool cross = opt_ptr_check(Wdt);
   const int64_t R = cross ? Wdt->size(1) : 0;
-  TORCH_CHECK(rows.dim() == 4 && rows.size(3) == R + 2 * N,
-              "selective_scan cpu kernel: rows must be (batch, groups, L, R + 2N) with R = ", R);
-  const int64_t batch = rows.size(0), G = rows.size(1), L = rows.size(2);
-  TORCH_CHECK(G > 0 && dim % G == 0, "selective_scan: dim must be divisible by groups");
-  TORCH_CHECK(rows.scalar_type() == u.scalar_type() && rows_dense(rows),
-              "selective_scan cpu kernel: rows must have contiguous rows and be (batch, groups, L, R + 2N) or "
-              "(batch, L, groups, R + 2N) in memory");
+  TORCH_CHECK(rows.dim() == 4, "selective_scan cpu kernel: B must be 4-dimensional");
   if (cross) {
-    TORCH_CHECK(!opt_ptr_check(delta) && !opt_ptr_check(z), "selective_scan cpu kernel: cross mode takes no delta, z");
+    TORCH_CHECK(rows.size(3) == R + 2 * N, "selective_scan cpu kernel: rows must be (batch, groups, L, R + 2N) with R = ", R);
+    TORCH_CHECK(rows.scalar_type() == u.scalar_type() && rows_dense(rows),
+                "selective_scan cpu kernel: rows must have contiguous rows and be (batch, groups, L, R + 2N) or "
+                "(batch, L, groups, R + 2N) in memory");
+  } else {
+    TORCH_CHECK(rows.size(2) == N && opt_ptr_check(C) && C->sizes() == rows.sizes(),
+                "selective_scan cpu kernel: B and C must be (batch, groups, N, L)");
+    for (const at::Tensor* t : {&rows, &C.value()})
+      TORCH_CHECK(t->is_contiguous() && t->scalar_type() == u.scalar_type(),
+                  "selective_scan cpu backend: inputs must be contiguous and of one dtype");
+  }
+  const int64_t batch = rows.size(0), G = rows.size(1), L = cross ? rows.size(2) : rows.size(3);
+  TORCH_CHECK(G > 0 && dim % G == 0, "selective_scan: dim must be divisible by groups");
+  if (cross) {
+    TORCH_CHECK(!opt_ptr_check(delta) && !opt_ptr_check(z) && !opt_ptr_check(C),
+                "selective_scan cpu kernel: cross mode takes no delta, C, z");
     TORCH_CHECK(Wdt->dim() == 2 && Wdt->size(0) == dim && Wdt->is_contiguous() && Wdt->scalar_type() == u.scalar_type(),
                 "selective_scan cpu kernel: Wdt must be (dim, R)");
     TORCH_CHECK(u.dim() == 3 && u.size(0) == batch && u.size(1) == L && u.size(2) * G == dim,
@@ -245,19 +258,27 @@ void run_tasks(const Args<T>& a, TaskFn<T> fn) {
 
 template <typename T>
 void fill_common(Args<T>& a, const at::Tensor& u, const c10::optional<at::Tensor>& delta, const at::Tensor& A,
-                 const at::Tensor& rows, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
+                 const at::Tensor& rows, const c10::optional<at::Tensor>& C, const c10::optional<at::Tensor>& D,
+                 const c10::optional<at::Tensor>& z,
                  const c10::optional<at::Tensor>& bias, bool softplus, const c10::optional<at::Tensor>& perm,
                  const c10::optional<at::Tensor>& Wdt) {
   std::memset(&a, 0, sizeof(a));
   constexpr int W = VecT<T>::lanes;
-  a.u = u.data_ptr<T>(); a.delta = opt_data<T>(delta); a.A = A.data_ptr<T>(); a.rows = rows.data_ptr<T>();
-  a.rows_bs = rows.stride(0); a.rows_gs = rows.stride(1); a.rows_ps = rows.stride(2); a.rows_size = rows.numel();
+  a.u = u.data_ptr<T>(); a.delta = opt_data<T>(delta); a.A = A.data_ptr<T>();
   a.D = opt_data<T>(D); a.z = opt_data<T>(z); a.bias = opt_data<T>(bias);
   a.perm = opt_ptr_check(perm) ? perm->data_ptr<int32_t>() : nullptr;
   a.cross = opt_ptr_check(Wdt);
   a.Wdt = opt_data<T>(Wdt);
   a.R = a.cross ? Wdt->size(1) : 0;
-  a.batch = rows.size(0); a.dim = A.size(0); a.L = rows.size(2); a.N = A.size(1); a.G = rows.size(1);
+  a.batch = rows.size(0); a.dim = A.size(0); a.N = A.size(1); a.G = rows.size(1);
+  a.rows_bs = rows.stride(0); a.rows_gs = rows.stride(1);
+  if (a.cross) {  // [dt inputs, B, C] in each row
+    a.L = rows.size(2); a.rows_ps = rows.stride(2); a.rows_fs = 1;
+    a.rows_dt = rows.data_ptr<T>(); a.rows_B = a.rows_dt + a.R; a.rows_C = a.rows_B + a.N;
+  } else {  // mamba's (batch, G, N, L) B and C
+    a.L = rows.size(3); a.rows_ps = 1; a.rows_fs = rows.stride(2);
+    a.rows_dt = nullptr; a.rows_B = rows.data_ptr<T>(); a.rows_C = C->data_ptr<T>();
+  }
   a.Np = (a.N + W - 1) / W * W;
   a.cpg = a.dim / a.G;
   a.nchunks = (a.L + kChunk - 1) / kChunk;
@@ -267,18 +288,20 @@ void fill_common(Args<T>& a, const at::Tensor& u, const c10::optional<at::Tensor
 
 // y: (batch, dim, L), or (batch, L, dim / G) in cross mode.
 std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const c10::optional<at::Tensor>& delta, const at::Tensor& A,
-                                 const at::Tensor& rows, const c10::optional<at::Tensor>& D,
+                                 const at::Tensor& rows, const c10::optional<at::Tensor>& C,
+                                 const c10::optional<at::Tensor>& D,
                                  const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
                                  bool softplus, bool want_ckpt, const c10::optional<at::Tensor>& perm,
                                  const c10::optional<at::Tensor>& Wdt) {
-  check_inputs(u, delta, A, rows, D, z, bias, perm, Wdt);
-  const int64_t batch = rows.size(0), dim = A.size(0), L = rows.size(2), N = A.size(1);
+  check_inputs(u, delta, A, rows, C, D, z, bias, perm, Wdt);
+  const int64_t batch = rows.size(0), dim = A.size(0), N = A.size(1);
+  const int64_t L = opt_ptr_check(Wdt) ? rows.size(2) : rows.size(3);
   at::Tensor y = L == 0 ? at::zeros_like(u) : at::empty_like(u);
   at::Tensor last = L == 0 ? at::zeros({batch, dim, N}, u.options()) : at::empty({batch, dim, N}, u.options());
   at::Tensor ckpt;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_fwd", [&] {
     Args<scalar_t> a;
-    fill_common<scalar_t>(a, u, delta, A, rows, D, z, bias, softplus, perm, Wdt);
+    fill_common<scalar_t>(a, u, delta, A, rows, C, D, z, bias, softplus, perm, Wdt);
     TORCH_CHECK(a.Np / VecT<scalar_t>::lanes <= kMaxNB, "selective_scan cpu backend: d_state too large (max ",
                 kMaxNB * VecT<scalar_t>::lanes, ")");
     ckpt = want_ckpt ? at::empty({batch, dim, a.nchunks, a.Np}, u.options()) : at::empty({0}, u.options());
@@ -290,16 +313,19 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const c10::optional<at::Te
   return {y, last, ckpt};
 }
 
-// Gradients in the inputs' layouts: du like u, drows like rows; ddelta (plain) or dWdt (cross).
+// Gradients in the inputs' layouts: du like u; plain: dB, dC like B, C and ddelta; cross: drows like
+// the rows (in dB's place, dC undefined) and dWdt.
 std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const c10::optional<at::Tensor>& delta, const at::Tensor& A,
-                                 const at::Tensor& rows, const c10::optional<at::Tensor>& D,
+                                 const at::Tensor& rows, const c10::optional<at::Tensor>& C,
+                                 const c10::optional<at::Tensor>& D,
                                  const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
                                  bool softplus, const at::Tensor& ckpt, const at::Tensor& dout,
                                  const c10::optional<at::Tensor>& dlast, const c10::optional<at::Tensor>& perm,
                                  const c10::optional<at::Tensor>& Wdt) {
-  check_inputs(u, delta, A, rows, D, z, bias, perm, Wdt);
-  const int64_t batch = rows.size(0), dim = A.size(0), L = rows.size(2), N = A.size(1), G = rows.size(1);
+  check_inputs(u, delta, A, rows, C, D, z, bias, perm, Wdt);
   const bool cross = opt_ptr_check(Wdt);
+  const int64_t batch = rows.size(0), dim = A.size(0), L = cross ? rows.size(2) : rows.size(3), N = A.size(1);
+  const int64_t G = rows.size(1);
   const int64_t R = cross ? Wdt->size(1) : 0;
   TORCH_CHECK(dout.sizes() == u.sizes() && dout.is_contiguous() && dout.scalar_type() == u.scalar_type(),
               "selective_scan backward: dout must be contiguous, shaped like y");
@@ -311,13 +337,22 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const c10::optional<at::Te
   at::Tensor dA_part = alloc({batch, dim, N});
   at::Tensor dD_part = alloc({batch, dim}), db_part = alloc({batch, dim});
   at::Tensor dW_part = cross ? alloc({batch, dim, R}) : at::Tensor();
-  at::Tensor drows;
+  at::Tensor dB, dC;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_bwd", [&] {
     Args<scalar_t> a;
-    fill_common<scalar_t>(a, u, delta, A, rows, D, z, bias, softplus, perm, Wdt);
-    // partial sums laid out like the rows (their strides are the kernel's)
-    at::Tensor part = rows.is_contiguous() ? alloc({a.P, batch, G, L, R + 2 * N})
-                                           : alloc({a.P, batch, L, G, R + 2 * N}).transpose(2, 3);
+    fill_common<scalar_t>(a, u, delta, A, rows, C, D, z, bias, softplus, perm, Wdt);
+    // partial sums laid out like the rows (their strides are the kernel's): P copies
+    at::Tensor part, partC;
+    if (cross) {
+      part = rows.is_contiguous() ? alloc({a.P, batch, G, L, R + 2 * N})
+                                  : alloc({a.P, batch, L, G, R + 2 * N}).transpose(2, 3);
+      a.ddt_part = part.data_ptr<scalar_t>(); a.dB_part = a.ddt_part + R; a.dC_part = a.dB_part + N;
+    } else {
+      part = alloc({a.P, batch, G, N, L});
+      partC = alloc({a.P, batch, G, N, L});
+      a.ddt_part = nullptr; a.dB_part = part.data_ptr<scalar_t>(); a.dC_part = partC.data_ptr<scalar_t>();
+    }
+    a.part_size = part.stride(0);
     if (L > 0) {
       TORCH_CHECK(ckpt.sizes() == at::IntArrayRef({batch, dim, a.nchunks, a.Np}) && ckpt.is_contiguous(),
                   "selective_scan backward: checkpoints do not match the inputs");
@@ -333,17 +368,17 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const c10::optional<at::Te
       a.dA_part = dA_part.data_ptr<scalar_t>(); a.dD_part = dD_part.data_ptr<scalar_t>();
       a.dbias_part = db_part.data_ptr<scalar_t>();
       a.dWdt_part = cross ? dW_part.data_ptr<scalar_t>() : nullptr;
-      a.drows_part = part.data_ptr<scalar_t>();
       run_tasks(a, pick<scalar_t>(false, int(a.Np / VecT<scalar_t>::lanes)));
     }
-    drows = a.P == 1 ? part.squeeze(0) : part.sum(0);
+    dB = a.P == 1 ? part.squeeze(0) : part.sum(0);
+    if (!cross) dC = a.P == 1 ? partC.squeeze(0) : partC.sum(0);
   });
   auto batch_sum = [&](const at::Tensor& t) { return batch == 1 ? t.squeeze(0) : t.sum(0); };
   at::Tensor dA = batch_sum(dA_part);
   at::Tensor dD = opt_ptr_check(D) ? batch_sum(dD_part) : at::Tensor();
   at::Tensor dbias = opt_ptr_check(bias) ? batch_sum(db_part) : at::Tensor();
   at::Tensor dWdt = cross ? batch_sum(dW_part) : at::Tensor();
-  return {du, ddelta, dA, drows, dD, dz, dbias, dWdt};
+  return {du, ddelta, dA, dB, dC, dD, dz, dbias, dWdt};
 }
 
 std::string isa_name() { return use_avx2() ? "avx2+fma" : "generic (sse2)"; }
@@ -359,7 +394,7 @@ void set_isa(const std::string& isa) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fwd", &scan_fwd, "selective scan forward: (y, last_state, checkpoints)");
-  m.def("bwd", &scan_bwd, "selective scan backward: (du, ddelta, dA, drows, dD, dz, ddelta_bias, dWdt)");
+  m.def("bwd", &scan_bwd, "selective scan backward: (du, ddelta, dA, dB or drows, dC, dD, dz, ddelta_bias, dWdt)");
   m.def("isa", &isa_name, "SIMD code path in use");
   m.def("set_isa", &set_isa, "force the SIMD path: 'auto', 'avx2' or 'generic'");
   m.def("chunk_size", []() { return kChunk; }, "time steps between state checkpoints");

@@ -143,20 +143,63 @@ SS_INLINE void row_sums(const double* rows, int n, double* out) {
 // Position (in the stored sequence) of step t of a chunk: idx[t] with a permutation, else t0 + t.
 SS_INLINE int64_t pos_of(const int32_t* idx, int64_t t0, int t) { return idx ? int64_t(idx[t]) : t0 + t; }
 
-// The chunk's rows of one (batch, group), `ps` elements apart: [dt inputs (R), B (N), C (N)]. B and
-// C go to (kChunk, Np) buffers (row t = the state vector at step t; lanes past N stay zero from the
-// buffers' allocation; rows past nt are never read), the R dt inputs to an (R, kChunk) buffer
-// (time contiguous, zero past nt, so the projection vectorises over time).
+// The chunk's rows of one (batch, group): per step, R dt inputs, N B values and N C values, at
+// dtp / Bp / Cp + position * ps + feature * fs (cross mode: one (.., L, R + 2N) tensor, fs = 1;
+// plain mode: B and C as mamba's (.., N, L), ps = 1, fs = L). B and C go to (kChunk, Np) buffers
+// (row t = the state vector at step t; lanes past N stay zero from the buffers' allocation; rows
+// past nt are never read), the R dt inputs to an (R, kChunk) buffer (time contiguous, zero past
+// nt, so the projection vectorises over time).
 template <typename T>
-SS_INLINE void load_rows(const T* rows, int64_t ps, int64_t R, int64_t N, int64_t Np, const int32_t* idx,
-                         int64_t t0, int nt, T* dstB, T* dstC, T* dstDt) {
-  for (int t = 0; t < nt; ++t) {
-    const T* row = rows + pos_of(idx, t0, t) * ps;
-    for (int64_t r = 0; r < R; ++r) dstDt[r * kChunk + t] = row[r];
-    std::memcpy(dstB + t * Np, row + R, sizeof(T) * N);
-    std::memcpy(dstC + t * Np, row + R + N, sizeof(T) * N);
+SS_INLINE void load_rows(const T* dtp, const T* Bp, const T* Cp, int64_t ps, int64_t fs, int64_t R, int64_t N,
+                         int64_t Np, const int32_t* idx, int64_t t0, int nt, T* dstB, T* dstC, T* dstDt) {
+  if (fs == 1) {
+    for (int t = 0; t < nt; ++t) {
+      const int64_t off = pos_of(idx, t0, t) * ps;
+      for (int64_t r = 0; r < R; ++r) dstDt[r * kChunk + t] = dtp[off + r];
+      std::memcpy(dstB + t * Np, Bp + off, sizeof(T) * N);
+      std::memcpy(dstC + t * Np, Cp + off, sizeof(T) * N);
+    }
+  } else {  // feature-major: each feature's steps are (for the identity order) one contiguous run
+    for (int64_t r = 0; r < R; ++r)
+      for (int t = 0; t < nt; ++t) dstDt[r * kChunk + t] = dtp[r * fs + pos_of(idx, t0, t) * ps];
+    for (int64_t n = 0; n < N; ++n) {
+      const T* bn = Bp + n * fs;
+      const T* cn = Cp + n * fs;
+      for (int t = 0; t < nt; ++t) {
+        const int64_t off = pos_of(idx, t0, t) * ps;
+        dstB[t * Np + n] = bn[off];
+        dstC[t * Np + n] = cn[off];
+      }
+    }
   }
   for (int64_t r = 0; r < R; ++r) std::fill(dstDt + r * kChunk + nt, dstDt + (r + 1) * kChunk, T(0));
+}
+
+// Inverse of load_rows for the gradients: [d(dt inputs), dB, dC] of the chunk's nt steps from the
+// (R, kChunk) and (kChunk, Np) buffers to the same layout.
+template <typename T>
+SS_INLINE void store_rows(T* dtp, T* Bp, T* Cp, int64_t ps, int64_t fs, int64_t R, int64_t N, int64_t Np,
+                          const int32_t* idx, int64_t t0, int nt, const T* srcB, const T* srcC, const T* srcDt) {
+  if (fs == 1) {
+    for (int t = 0; t < nt; ++t) {
+      const int64_t off = pos_of(idx, t0, t) * ps;
+      for (int64_t r = 0; r < R; ++r) dtp[off + r] = srcDt[r * kChunk + t];
+      std::memcpy(Bp + off, srcB + t * Np, sizeof(T) * N);
+      std::memcpy(Cp + off, srcC + t * Np, sizeof(T) * N);
+    }
+  } else {
+    for (int64_t r = 0; r < R; ++r)
+      for (int t = 0; t < nt; ++t) dtp[r * fs + pos_of(idx, t0, t) * ps] = srcDt[r * kChunk + t];
+    for (int64_t n = 0; n < N; ++n) {
+      T* bn = Bp + n * fs;
+      T* cn = Cp + n * fs;
+      for (int t = 0; t < nt; ++t) {
+        const int64_t off = pos_of(idx, t0, t) * ps;
+        bn[off] = srcB[t * Np + n];
+        cn[off] = srcC[t * Np + n];
+      }
+    }
+  }
 }
 
 // delta of one channel over the chunk from the rows' dt inputs: xb[t] = sum_r w[r] dts[r, t]
@@ -414,12 +457,13 @@ SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
         amax[i] = std::max(amax[i], std::abs(Ap[i * Np + n]));
       }
     }
-    const T* grows = a.rows + b * a.rows_bs + g * a.rows_gs;  // this (batch, group)'s rows
+    const int64_t goff = b * a.rows_bs + g * a.rows_gs;  // this (batch, group)'s rows
     const int32_t* perm = a.perm ? a.perm + g * L : nullptr;
     const bool accumulate_y = a.cross && g > 0;
     for (int64_t c = 0; c < a.nchunks; ++c) {
       const ChunkSpan sp = chunk_span(perm, L, c);
-      load_rows(grows, a.rows_ps, a.R, N, Np, sp.idx, sp.t0, sp.nt, bufB.data(), bufC.data(), dtsb.data());
+      load_rows(a.rows_dt + goff, a.rows_B + goff, a.rows_C + goff, a.rows_ps, a.rows_fs, a.R, N, Np, sp.idx,
+                sp.t0, sp.nt, bufB.data(), bufC.data(), dtsb.data());
       for (int64_t i = 0; i < nch; ++i) {
         const int64_t cc = k.c_lo + i, d = g * a.cpg + cc, bd = b * a.dim + d;
         // (channels-last slices in cross mode were just read by the previous channel)
@@ -474,11 +518,19 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
   const int64_t nch = k.c_hi - k.c_lo, b = k.b, L = a.L, N = a.N, Np = a.Np;
   const int nb = NB > 0 ? NB : int(Np / W);
   // this task's slice of the partial sums of the rows' gradient: P copies laid out like the rows
-  const int64_t R = a.R, RW = R + 2 * N;
-  T* drows_task = a.drows_part + k.blk * a.rows_size + b * a.rows_bs;
+  const int64_t R = a.R;
+  const int64_t toff = k.blk * a.part_size + b * a.rows_bs;
+  T* ddt_task = a.ddt_part ? a.ddt_part + toff : nullptr;
+  T* dB_task = a.dB_part + toff;
+  T* dC_task = a.dC_part + toff;
   if (nch <= 0) {  // an empty block still owns its slice of the partial sums
+    const std::vector<T> zeros(std::max<int64_t>(R, 1) * kChunk + kChunk * Np, T(0));
     for (int64_t g = 0; g < a.G; ++g)
-      for (int64_t p = 0; p < L; ++p) std::fill_n(drows_task + g * a.rows_gs + p * a.rows_ps, RW, T(0));
+      for (int64_t c = 0; c < a.nchunks; ++c) {
+        const int64_t t0 = c * kChunk, go = g * a.rows_gs;
+        store_rows(ddt_task ? ddt_task + go : nullptr, dB_task + go, dC_task + go, a.rows_ps, a.rows_fs, R, N, Np,
+                   nullptr, t0, int(std::min<int64_t>(kChunk, L - t0)), zeros.data(), zeros.data(), zeros.data());
+      }
     return;
   }
 
@@ -508,15 +560,15 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
         dAs[i * Np + n] = 0;
       }
     }
-    const T* grows = a.rows + b * a.rows_bs + g * a.rows_gs;  // this (batch, group)'s rows
-    T* drows = drows_task + g * a.rows_gs;
+    const int64_t goff = b * a.rows_bs + g * a.rows_gs, gpo = g * a.rows_gs;  // this (batch, group)'s rows
     const int32_t* perm = a.perm ? a.perm + g * L : nullptr;
     const bool accumulate_du = a.cross && g > 0;
     std::fill(dWs.begin(), dWs.end(), T(0));
 
     for (int64_t c = a.nchunks - 1; c >= 0; --c) {
       const ChunkSpan sp = chunk_span(perm, L, c);
-      load_rows(grows, a.rows_ps, a.R, N, Np, sp.idx, sp.t0, sp.nt, bufB.data(), bufC.data(), dtsb.data());
+      load_rows(a.rows_dt + goff, a.rows_B + goff, a.rows_C + goff, a.rows_ps, a.rows_fs, R, N, Np, sp.idx, sp.t0,
+                sp.nt, bufB.data(), bufC.data(), dtsb.data());
       std::fill(bufdB.begin(), bufdB.end(), T(0));
       std::fill(bufdC.begin(), bufdC.end(), T(0));
       std::fill(bufddts.begin(), bufddts.end(), T(0));
@@ -630,12 +682,8 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
         }
       }
       // this task's share of the rows' gradient for the chunk: [d(dt inputs), dB, dC]
-      for (int t = 0; t < sp.nt; ++t) {
-        T* row = drows + pos_of(sp.idx, sp.t0, t) * a.rows_ps;
-        for (int64_t r = 0; r < R; ++r) row[r] = bufddts[r * kChunk + t];
-        std::memcpy(row + R, &bufdB[t * Np], sizeof(T) * N);
-        std::memcpy(row + R + N, &bufdC[t * Np], sizeof(T) * N);
-      }
+      store_rows(ddt_task ? ddt_task + gpo : nullptr, dB_task + gpo, dC_task + gpo, a.rows_ps, a.rows_fs, R, N, Np,
+                 sp.idx, sp.t0, sp.nt, bufdB.data(), bufdC.data(), bufddts.data());
     }
     for (int64_t i = 0; i < nch; ++i) {
       const int64_t bd = b * a.dim + g * a.cpg + k.c_lo + i;
