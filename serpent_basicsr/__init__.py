@@ -13,13 +13,11 @@ import os
 # has not been imported yet, e.g. for the `basicsr` command.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
-# PyTorch's CPU allocator backs tensors of 2 MB and more with transparent huge pages when this is
-# set (it madvises them; most kernels only give huge pages on request). Without it, every large
-# activation is fresh 4 KB pages that the kernel faults in and zeroes one by one: a serpent_b
-# training step at 1024 x 1024 took 3.2 million page faults (13 GB of pages) and 40.3 s, with it
-# 0.18 million and 34.4 s; at 256 x 256 (memory reused by malloc) nothing changes. Read at torch's
-# first large allocation, so it only takes effect when set before that; a value you set wins.
-os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
+# Huge pages for large tensors and glibc malloc thresholds that keep freed blocks for reuse (see
+# memory.py for the measurements); defaults only, before torch's first large allocation.
+from . import memory  # noqa: E402  (imports no torch)
+
+memory.apply_defaults()
 
 from .version import __version__  # noqa: E402
 from . import compat  # noqa: E402

@@ -258,7 +258,8 @@ def report(results: Dict[str, Any]) -> str:
     lines = [f"Machine: {meta.get('machine', '?')}; torch {meta.get('torch', '?')}, "
              f"{meta.get('threads', '?')} threads; scan backend used on the CPU: "
              f"{meta.get('scan_backend_cpu', '?')} (available: {meta.get('scan_backends', '?')}); "
-             f"THP_MEM_ALLOC_ENABLE={meta.get('thp_mem_alloc_enable', 'unset')}; "
+             f"THP_MEM_ALLOC_ENABLE={meta.get('thp_mem_alloc_enable', 'unset')}, "
+             f"malloc {meta.get('malloc', 'as glibc defaults')}; "
              f"run {meta.get('date', '?')}.", '',
              '| model | params (M) | size | GFLOPs (scan) | ratio to SwinIR 11.5M | infer s | infer peak GB '
              '| train-step s | train peak GB | train us/pixel |',
@@ -358,6 +359,7 @@ def main() -> None:
                     f'{os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB:.0f} GB RAM (shared)',
             omp_wait_policy=os.environ.get('OMP_WAIT_POLICY', 'PASSIVE'),
             thp_mem_alloc_enable=os.environ.get('THP_MEM_ALLOC_ENABLE', '0'),
+            malloc=serpent_basicsr.memory.settings().get('malloc', '?'),
             flops_note='forward, batch 1; FlopCounterMode (2 per multiply-add) + 9 per scan element')
         if 'flops' in args.parts:
             count_flops(results, args.models, sorted(set(args.sizes) | {128, 256, 512, 1024}))

@@ -167,7 +167,8 @@ def to_markdown(res: dict) -> str:
     m = res['machine']
     lines = [f"Selective scan, float32, {m['threads']} threads, {m['cpu']}; copy {m['rates']['copy_GBps']:.1f} GB/s, "
              f"matmul {m['rates']['matmul_GFLOPs']:.0f} GFLOP/s (measured in this run); load average "
-             f"{m['loadavg_start']} at start, {m['loadavg_end']} at end; cpu kernel: {m['cpu_kernel']}.", '',
+             f"{m['loadavg_start']} at start, {m['loadavg_end']} at end; cpu kernel: {m['cpu_kernel']}; "
+             f"memory defaults (serpent_basicsr.memory): {m.get('memory', '?')}.", '',
              '| shape | mode | backend | median ms | min ms | peak extra MB | rel. err vs f64 ref | vs ref (x faster) '
              '| floor ms | x floor |', '|---|---|---|---:|---:|---:|---:|---:|---:|---:|']
     for r in res['rows']:
@@ -203,6 +204,7 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     import torch
+    from serpent_basicsr import memory
     from serpent_basicsr.ops import available_backends, backend_summary
     shapes = [(1, 2, 8, 16, 256), (2, 2, 8, 16, 300)] if args.quick else SHAPES
     if args.backends == 'auto':
@@ -215,7 +217,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     machine = {'cpu': platform.processor() or platform.machine(), 'threads': args.threads,
                'torch': torch.__version__, 'cpu_kernel': backend_summary(),
-               'loadavg_start': ' '.join(f'{x:.1f}' for x in os.getloadavg())}
+               'loadavg_start': ' '.join(f'{x:.1f}' for x in os.getloadavg()), 'memory': memory.settings()}
     for line in open('/proc/cpuinfo'):
         if line.startswith('model name'):
             machine['cpu'] = line.split(':', 1)[1].strip()
