@@ -143,6 +143,51 @@ SS_INLINE void row_sums(const double* rows, int n, double* out) {
 // Position (in the stored sequence) of step t of a chunk: idx[t] with a permutation, else t0 + t.
 SS_INLINE int64_t pos_of(const int32_t* idx, int64_t t0, int t) { return idx ? int64_t(idx[t]) : t0 + t; }
 
+// 8 x 8 float transpose: row i of src (8 floats at src + i * ss) becomes column i of dst (row j at
+// dst + j * ds). Three rounds of two-operand shuffles (unpack, 64-bit pairs, 128-bit halves).
+SS_INLINE void transpose8(const float* src, int64_t ss, float* dst, int64_t ds) {
+  vf r[8], t[8], q[8];
+  for (int i = 0; i < 8; ++i) r[i] = vload<vf>(src + i * ss);
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = __builtin_shuffle(r[2 * i], r[2 * i + 1], vi32{0, 8, 1, 9, 4, 12, 5, 13});
+    t[2 * i + 1] = __builtin_shuffle(r[2 * i], r[2 * i + 1], vi32{2, 10, 3, 11, 6, 14, 7, 15});
+  }
+  for (int h = 0; h < 2; ++h)    // rows 4h .. 4h + 3
+    for (int i = 0; i < 2; ++i) {  // t[4h + i] with t[4h + 2 + i]
+      q[4 * h + 2 * i] = __builtin_shuffle(t[4 * h + i], t[4 * h + 2 + i], vi32{0, 1, 8, 9, 4, 5, 12, 13});
+      q[4 * h + 2 * i + 1] = __builtin_shuffle(t[4 * h + i], t[4 * h + 2 + i], vi32{2, 3, 10, 11, 6, 7, 14, 15});
+    }
+  // q[0..3] hold columns (0|4), (1|5), (2|6), (3|7) of rows 0-3; q[4..7] the same of rows 4-7
+  for (int j = 0; j < 4; ++j) {
+    vstore(dst + j * ds, __builtin_shuffle(q[j], q[4 + j], vi32{0, 1, 2, 3, 8, 9, 10, 11}));
+    vstore(dst + (j + 4) * ds, __builtin_shuffle(q[j], q[4 + j], vi32{4, 5, 6, 7, 12, 13, 14, 15}));
+  }
+}
+
+// Copies an (n, t) block of a feature-major array (feature f, step t at src[f * fs + t]) to the
+// (t, n) layout of the chunk buffers (dst[t * Np + f]) or back (to_buffer false), over features
+// [0, N) and steps [0, nt): 8 x 8 transposes where whole, element by element at the edges.
+template <typename T>
+SS_INLINE void copy_feature_major(T* buf, T* arr, int64_t fs, int64_t N, int64_t Np, int nt, bool to_buffer) {
+  int64_t n8 = 0, t8 = 0;
+  if constexpr (std::is_same<T, float>::value) {
+    n8 = N / 8 * 8;
+    t8 = nt / 8 * 8;
+    float* b = reinterpret_cast<float*>(buf);
+    float* a = reinterpret_cast<float*>(arr);
+    for (int64_t n = 0; n < n8; n += 8)
+      for (int64_t t = 0; t < t8; t += 8) {
+        if (to_buffer) transpose8(a + n * fs + t, fs, b + t * Np + n, Np);
+        else transpose8(b + t * Np + n, Np, a + n * fs + t, fs);
+      }
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t t = n < n8 ? t8 : 0; t < nt; ++t) {
+      if (to_buffer) buf[t * Np + n] = arr[n * fs + t];
+      else arr[n * fs + t] = buf[t * Np + n];
+    }
+}
+
 // The chunk's rows of one (batch, group): per step, R dt inputs, N B values and N C values, at
 // dtp / Bp / Cp + position * ps + feature * fs (cross mode: one (.., L, R + 2N) tensor, fs = 1;
 // plain mode: B and C as mamba's (.., N, L), ps = 1, fs = L). B and C go to (kChunk, Np) buffers
@@ -159,7 +204,11 @@ SS_INLINE void load_rows(const T* dtp, const T* Bp, const T* Cp, int64_t ps, int
       std::memcpy(dstB + t * Np, Bp + off, sizeof(T) * N);
       std::memcpy(dstC + t * Np, Cp + off, sizeof(T) * N);
     }
-  } else {  // feature-major: each feature's steps are (for the identity order) one contiguous run
+  } else if (!idx && ps == 1) {  // feature-major in step order (plain mode): transposed in blocks
+    for (int64_t r = 0; r < R; ++r) std::memcpy(dstDt + r * kChunk, dtp + r * fs + t0, sizeof(T) * nt);
+    copy_feature_major(dstB, const_cast<T*>(Bp) + t0, fs, N, Np, nt, true);
+    copy_feature_major(dstC, const_cast<T*>(Cp) + t0, fs, N, Np, nt, true);
+  } else {  // feature-major, any order
     for (int64_t r = 0; r < R; ++r)
       for (int t = 0; t < nt; ++t) dstDt[r * kChunk + t] = dtp[r * fs + pos_of(idx, t0, t) * ps];
     for (int64_t n = 0; n < N; ++n) {
@@ -187,6 +236,10 @@ SS_INLINE void store_rows(T* dtp, T* Bp, T* Cp, int64_t ps, int64_t fs, int64_t 
       std::memcpy(Bp + off, srcB + t * Np, sizeof(T) * N);
       std::memcpy(Cp + off, srcC + t * Np, sizeof(T) * N);
     }
+  } else if (!idx && ps == 1) {
+    for (int64_t r = 0; r < R; ++r) std::memcpy(dtp + r * fs + t0, srcDt + r * kChunk, sizeof(T) * nt);
+    copy_feature_major(const_cast<T*>(srcB), Bp + t0, fs, N, Np, nt, false);
+    copy_feature_major(const_cast<T*>(srcC), Cp + t0, fs, N, Np, nt, false);
   } else {
     for (int64_t r = 0; r < R; ++r)
       for (int t = 0; t < nt; ++t) dtp[r * fs + pos_of(idx, t0, t) * ps] = srcDt[r * kChunk + t];
