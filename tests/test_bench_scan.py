@@ -1,0 +1,30 @@
+"""bench/scan/bench_scan.py --quick end to end (the benchmark script must not rot)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from serpent_basicsr.ops import available_backends
+
+
+@pytest.mark.skipif('cpu' not in available_backends(), reason='compiled CPU kernel not built')
+def test_scan_bench_quick_prints_every_row_with_floors(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / 'bench' / 'scan' / 'bench_scan.py'), '--quick', '--threads', '1',
+                          '--backends', 'cpu', '--reps', '1', '--out', str(tmp_path / 'results')],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    header = next(line for line in out.stdout.splitlines() if line.startswith('Selective scan'))
+    # the floors use the better of two machine-rate measurements, both reported
+    assert re.search(r'matmul \d+ GFLOP/s \(the better of .* \d+ / \d+ GFLOP/s', header), header
+    rows = [line.split('|')[1:-1] for line in out.stdout.splitlines() if line.startswith('| b')]
+    assert len(rows) == 2  # the quick shape x fwd, fwd+bwd (the reference loop is not timed here)
+    for row in rows:
+        cells = [c.strip() for c in row]
+        assert cells[2] == 'cpu'
+        assert float(cells[6]) < 1e-5  # error against the float64 reference (computed in a child)
+        assert float(cells[9]) > 1.0  # no call beats the arithmetic/memory floor
+    assert not (tmp_path / 'results' / 'scan_bench.json').exists()  # --quick writes nothing
