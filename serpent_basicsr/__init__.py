@@ -13,8 +13,8 @@ import os
 # has not been imported yet, e.g. for the `basicsr` command.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
-# Huge pages for large tensors and glibc malloc thresholds that keep freed blocks for reuse (see
-# memory.py for the measurements); defaults only, before torch's first large allocation.
+# Huge pages for large tensors by default, glibc malloc block reuse on request (memory.py has the
+# measurements); set before torch's first large allocation, a value you set yourself wins.
 from . import memory  # noqa: E402  (imports no torch)
 
 memory.apply_defaults()
