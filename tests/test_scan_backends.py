@@ -108,3 +108,25 @@ def test_cuda_tensors_match_reference():
     if 'cpu' in available_backends():
         with pytest.raises(RuntimeError, match='needs CPU tensors'):
             selective_scan(*x, backend='cpu')
+
+
+def test_broken_mamba_ssm_install_falls_back_with_its_reason(tmp_path):
+    """A GPU machine whose mamba_ssm has its extension but does not import (a broken optional
+    dependency of its package __init__): auto picks the torch backend, forcing cuda names the cause."""
+    (tmp_path / 'selective_scan_cuda.py').write_text('')
+    (tmp_path / 'mamba_ssm').mkdir()
+    (tmp_path / 'mamba_ssm' / '__init__.py').write_text("raise ImportError('no module named triton_zoo')\n")
+    code = ('import torch\n'
+            'torch.cuda.is_available = lambda: True\n'
+            'from serpent_basicsr.ops import dispatch\n'
+            'assert dispatch.resolve_backend("cuda") == "torch"\n'
+            'assert "cuda" not in dispatch.available_backends()\n'
+            'try:\n'
+            '    dispatch.resolve_backend("cuda", "cuda")\n'
+            'except RuntimeError as exc:\n'
+            '    print(exc)\n')
+    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
+    env['PYTHONPATH'] = os.pathsep.join([str(tmp_path)] + [p for p in sys.path if p])
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "selective_scan_interface does not import (ImportError: no module named triton_zoo)" in out.stdout

@@ -113,6 +113,25 @@ def check_cross_scan(device: torch.device) -> List[Dict[str, Any]]:
     return out
 
 
+def time_scan(device: torch.device, lengths: List[int], repeats: int) -> List[Dict[str, Any]]:
+    """The scan op alone on `device`, float32, bench/scan's shape (batch 1, 4 directions x 96
+    channels, d_state 16): forward and forward+backward per backend, milliseconds."""
+    out = []
+    for length in lengths:
+        _, dev = scan_inputs(1, 4 * 96, 4, 16, length, device=device, dtype=torch.float32)
+        for b in [x for x in ops.available_backends() if x != 'ref']:
+            rec: Dict[str, Any] = dict(length=length, backend=b)
+            try:
+                inp = {k: v.clone().requires_grad_(True) for k, v in dev.items()}
+                rec['forward_ms'] = 1e3 * statistics.median(timed(lambda: call_scan(dev, b), device, repeats))
+                rec['fwd_bwd_ms'] = 1e3 * statistics.median(
+                    timed(lambda: call_scan(inp, b).sum().backward(), device, repeats))
+            except Exception as exc:  # noqa: BLE001 - e.g. the cpu backend refuses CUDA tensors
+                rec['error'] = f'{type(exc).__name__}: {exc}'.splitlines()[0]
+            out.append(rec)
+    return out
+
+
 def check_model(name: str, device: torch.device, size: int, overrides: Dict[str, Any]) -> Dict[str, Any]:
     torch.manual_seed(0)
     net_cpu = build_named(name, **overrides).eval()
@@ -192,7 +211,10 @@ def main() -> None:
     ap.add_argument('--repeats', type=int, default=5)
     ap.add_argument('--amp', action='store_true', help='also time bf16 autocast')
     ap.add_argument('--out', default=str(HERE / 'results' / 'gpu.json'))
+    ap.add_argument('--budget-s', type=float, default=None,
+                    help='skip the model timings not started within this many seconds of the start')
     args = ap.parse_args()
+    start = time.time()
 
     if args.dry_run:
         device, sizes, repeats = torch.device('cpu'), [32], 1
@@ -219,10 +241,17 @@ def main() -> None:
     result['model_check'] = [check_model(m, device, 32 if args.dry_run else 64, overrides[m])
                              for m in args.models if m.startswith('serpent')]
     print('model check:', json.dumps(result['model_check']), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))  # the checks survive a timing that runs out of time
+    result['scan_timing'] = time_scan(device, [64] if args.dry_run else [4096, 16384], repeats)
+    print('scan timing:', json.dumps(result['scan_timing']), flush=True)
     result['timing'] = []
     for size in sizes:
         for m in args.models:
             for amp in ([False, True] if args.amp else [False]):
+                if args.budget_s is not None and time.time() - start > args.budget_s:
+                    result['timing'].append(dict(model=m, size=size, amp_bf16=amp, skipped='time budget'))
+                    continue
                 rec = bench(m, size, device, repeats, amp, overrides[m])
                 print(json.dumps({k: v for k, v in rec.items() if k != 'traceback'}), flush=True)
                 result['timing'].append(rec)

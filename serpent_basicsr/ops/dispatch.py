@@ -31,6 +31,10 @@ def _cuda_problem() -> Optional[str]:
                 '(install mamba-ssm with its CUDA build on a GPU machine)')
     if not torch.cuda.is_available():
         return 'no CUDA device is available'
+    try:  # mamba_ssm's package __init__ imports its whole model zoo (triton, transformers, ...)
+        _cuda_fn()
+    except Exception as exc:  # noqa: BLE001 - any broken optional dependency of mamba_ssm
+        return f"mamba-ssm's selective_scan_interface does not import ({type(exc).__name__}: {exc})"
     return None
 
 
