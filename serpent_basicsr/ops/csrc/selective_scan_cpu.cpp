@@ -158,6 +158,10 @@ bool rows_dense(const at::Tensor& rows) {
   return rows.stride(3) == 1 && (rows.is_contiguous() || rows.transpose(1, 2).is_contiguous());
 }
 
+// Sequence length: the rows are (batch, G, L, R + 2N) in cross mode (Wdt given), else mamba's B
+// (batch, G, N, L).
+int64_t seq_len(const at::Tensor& rows, bool cross) { return rows.size(cross ? 2 : 3); }
+
 // Shapes of the kernel's two layouts (see the top of this file); raises naming the argument.
 // Plain: u, delta (batch, dim, L), B and C (batch, G, N, L). Cross (Wdt given): u (batch, L, dim / G),
 // no delta, rows = B (batch, G, L, R + 2N) with R = Wdt.size(1), no C, no z.
@@ -185,7 +189,7 @@ void check_inputs(const at::Tensor& u, const c10::optional<at::Tensor>& delta, c
       TORCH_CHECK(t->is_contiguous() && t->scalar_type() == u.scalar_type(),
                   "selective_scan cpu backend: inputs must be contiguous and of one dtype");
   }
-  const int64_t batch = rows.size(0), G = rows.size(1), L = cross ? rows.size(2) : rows.size(3);
+  const int64_t batch = rows.size(0), G = rows.size(1), L = seq_len(rows, cross);
   TORCH_CHECK(G > 0 && dim % G == 0, "selective_scan: dim must be divisible by groups");
   if (cross) {
     TORCH_CHECK(!opt_ptr_check(delta) && !opt_ptr_check(z) && !opt_ptr_check(C),
@@ -273,11 +277,12 @@ void fill_common(Args<T>& a, const at::Tensor& u, const c10::optional<at::Tensor
   a.R = a.cross ? Wdt->size(1) : 0;
   a.batch = rows.size(0); a.dim = A.size(0); a.N = A.size(1); a.G = rows.size(1);
   a.rows_bs = rows.stride(0); a.rows_gs = rows.stride(1);
+  a.L = seq_len(rows, a.cross);
   if (a.cross) {  // [dt inputs, B, C] in each row
-    a.L = rows.size(2); a.rows_ps = rows.stride(2); a.rows_fs = 1;
+    a.rows_ps = rows.stride(2); a.rows_fs = 1;
     a.rows_dt = rows.data_ptr<T>(); a.rows_B = a.rows_dt + a.R; a.rows_C = a.rows_B + a.N;
   } else {  // mamba's (batch, G, N, L) B and C
-    a.L = rows.size(3); a.rows_ps = 1; a.rows_fs = rows.stride(2);
+    a.rows_ps = 1; a.rows_fs = rows.stride(2);
     a.rows_dt = nullptr; a.rows_B = rows.data_ptr<T>(); a.rows_C = C->data_ptr<T>();
   }
   a.Np = (a.N + W - 1) / W * W;
@@ -296,7 +301,7 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const c10::optional<at::Te
                                  const c10::optional<at::Tensor>& Wdt) {
   check_inputs(u, delta, A, rows, C, D, z, bias, perm, Wdt);
   const int64_t batch = rows.size(0), dim = A.size(0), N = A.size(1);
-  const int64_t L = opt_ptr_check(Wdt) ? rows.size(2) : rows.size(3);
+  const int64_t L = seq_len(rows, opt_ptr_check(Wdt));
   at::Tensor y = L == 0 ? at::zeros_like(u) : at::empty_like(u);
   at::Tensor last = L == 0 ? at::zeros({batch, dim, N}, u.options()) : at::empty({batch, dim, N}, u.options());
   at::Tensor ckpt;
@@ -325,7 +330,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const c10::optional<at::Te
                                  const c10::optional<at::Tensor>& Wdt) {
   check_inputs(u, delta, A, rows, C, D, z, bias, perm, Wdt);
   const bool cross = opt_ptr_check(Wdt);
-  const int64_t batch = rows.size(0), dim = A.size(0), L = cross ? rows.size(2) : rows.size(3), N = A.size(1);
+  const int64_t batch = rows.size(0), dim = A.size(0), L = seq_len(rows, cross), N = A.size(1);
   const int64_t G = rows.size(1);
   const int64_t R = cross ? Wdt->size(1) : 0;
   TORCH_CHECK(dout.sizes() == u.sizes() && dout.is_contiguous() && dout.scalar_type() == u.scalar_type(),

@@ -188,71 +188,45 @@ SS_INLINE void copy_feature_major(T* buf, T* arr, int64_t fs, int64_t N, int64_t
     }
 }
 
-// The chunk's rows of one (batch, group): per step, R dt inputs, N B values and N C values, at
-// dtp / Bp / Cp + position * ps + feature * fs (cross mode: one (.., L, R + 2N) tensor, fs = 1;
-// plain mode: B and C as mamba's (.., N, L), ps = 1, fs = L). B and C go to (kChunk, Np) buffers
-// (row t = the state vector at step t; lanes past N stay zero from the buffers' allocation; rows
-// past nt are never read), the R dt inputs to an (R, kChunk) buffer (time contiguous, zero past
-// nt, so the projection vectorises over time).
-template <typename T>
-SS_INLINE void load_rows(const T* dtp, const T* Bp, const T* Cp, int64_t ps, int64_t fs, int64_t R, int64_t N,
-                         int64_t Np, const int32_t* idx, int64_t t0, int nt, T* dstB, T* dstC, T* dstDt) {
+// Moves the chunk's rows of one (batch, group) between the tensor and the chunk buffers (kToBuffer:
+// into them, for the forward and the recomputation; else back out, for the gradients). Per step, R dt
+// inputs, N B values and N C values at dtp / Bp / Cp + position * ps + feature * fs (cross mode: one
+// (.., L, R + 2N) tensor, fs = 1; plain mode: B and C as mamba's (.., N, L), ps = 1, fs = L). B and C
+// sit in (kChunk, Np) buffers (row t = the state vector at step t; lanes past N stay zero from the
+// buffers' allocation; rows past nt are never read), the R dt inputs in an (R, kChunk) buffer (time
+// contiguous, so the projection vectorises over time; loading zero-fills it past nt).
+template <bool kToBuffer, typename T>
+SS_INLINE void move_rows(T* dtp, T* Bp, T* Cp, int64_t ps, int64_t fs, int64_t R, int64_t N, int64_t Np,
+                         const int32_t* idx, int64_t t0, int nt, T* bufB, T* bufC, T* bufDt) {
+  // one element: tensor value x <-> buffer value y, in the direction of the move
+  auto move = [](T& x, T& y) { if (kToBuffer) y = x; else x = y; };
+  auto move_n = [](T* x, T* y, int64_t n) {
+    if (kToBuffer) std::memcpy(y, x, sizeof(T) * n);
+    else std::memcpy(x, y, sizeof(T) * n);
+  };
   if (fs == 1) {
     for (int t = 0; t < nt; ++t) {
       const int64_t off = pos_of(idx, t0, t) * ps;
-      for (int64_t r = 0; r < R; ++r) dstDt[r * kChunk + t] = dtp[off + r];
-      std::memcpy(dstB + t * Np, Bp + off, sizeof(T) * N);
-      std::memcpy(dstC + t * Np, Cp + off, sizeof(T) * N);
+      for (int64_t r = 0; r < R; ++r) move(dtp[off + r], bufDt[r * kChunk + t]);
+      move_n(Bp + off, bufB + t * Np, N);
+      move_n(Cp + off, bufC + t * Np, N);
     }
   } else if (!idx && ps == 1) {  // feature-major in step order (plain mode): transposed in blocks
-    for (int64_t r = 0; r < R; ++r) std::memcpy(dstDt + r * kChunk, dtp + r * fs + t0, sizeof(T) * nt);
-    copy_feature_major(dstB, const_cast<T*>(Bp) + t0, fs, N, Np, nt, true);
-    copy_feature_major(dstC, const_cast<T*>(Cp) + t0, fs, N, Np, nt, true);
+    for (int64_t r = 0; r < R; ++r) move_n(dtp + r * fs + t0, bufDt + r * kChunk, nt);
+    copy_feature_major(bufB, Bp + t0, fs, N, Np, nt, kToBuffer);
+    copy_feature_major(bufC, Cp + t0, fs, N, Np, nt, kToBuffer);
   } else {  // feature-major, any order
     for (int64_t r = 0; r < R; ++r)
-      for (int t = 0; t < nt; ++t) dstDt[r * kChunk + t] = dtp[r * fs + pos_of(idx, t0, t) * ps];
-    for (int64_t n = 0; n < N; ++n) {
-      const T* bn = Bp + n * fs;
-      const T* cn = Cp + n * fs;
+      for (int t = 0; t < nt; ++t) move(dtp[r * fs + pos_of(idx, t0, t) * ps], bufDt[r * kChunk + t]);
+    for (int64_t n = 0; n < N; ++n)
       for (int t = 0; t < nt; ++t) {
-        const int64_t off = pos_of(idx, t0, t) * ps;
-        dstB[t * Np + n] = bn[off];
-        dstC[t * Np + n] = cn[off];
+        const int64_t off = pos_of(idx, t0, t) * ps + n * fs;
+        move(Bp[off], bufB[t * Np + n]);
+        move(Cp[off], bufC[t * Np + n]);
       }
-    }
   }
-  for (int64_t r = 0; r < R; ++r) std::fill(dstDt + r * kChunk + nt, dstDt + (r + 1) * kChunk, T(0));
-}
-
-// Inverse of load_rows for the gradients: [d(dt inputs), dB, dC] of the chunk's nt steps from the
-// (R, kChunk) and (kChunk, Np) buffers to the same layout.
-template <typename T>
-SS_INLINE void store_rows(T* dtp, T* Bp, T* Cp, int64_t ps, int64_t fs, int64_t R, int64_t N, int64_t Np,
-                          const int32_t* idx, int64_t t0, int nt, const T* srcB, const T* srcC, const T* srcDt) {
-  if (fs == 1) {
-    for (int t = 0; t < nt; ++t) {
-      const int64_t off = pos_of(idx, t0, t) * ps;
-      for (int64_t r = 0; r < R; ++r) dtp[off + r] = srcDt[r * kChunk + t];
-      std::memcpy(Bp + off, srcB + t * Np, sizeof(T) * N);
-      std::memcpy(Cp + off, srcC + t * Np, sizeof(T) * N);
-    }
-  } else if (!idx && ps == 1) {
-    for (int64_t r = 0; r < R; ++r) std::memcpy(dtp + r * fs + t0, srcDt + r * kChunk, sizeof(T) * nt);
-    copy_feature_major(const_cast<T*>(srcB), Bp + t0, fs, N, Np, nt, false);
-    copy_feature_major(const_cast<T*>(srcC), Cp + t0, fs, N, Np, nt, false);
-  } else {
-    for (int64_t r = 0; r < R; ++r)
-      for (int t = 0; t < nt; ++t) dtp[r * fs + pos_of(idx, t0, t) * ps] = srcDt[r * kChunk + t];
-    for (int64_t n = 0; n < N; ++n) {
-      T* bn = Bp + n * fs;
-      T* cn = Cp + n * fs;
-      for (int t = 0; t < nt; ++t) {
-        const int64_t off = pos_of(idx, t0, t) * ps;
-        bn[off] = srcB[t * Np + n];
-        cn[off] = srcC[t * Np + n];
-      }
-    }
-  }
+  if (kToBuffer)
+    for (int64_t r = 0; r < R; ++r) std::fill(bufDt + r * kChunk + nt, bufDt + (r + 1) * kChunk, T(0));
 }
 
 // delta of one channel over the chunk from the rows' dt inputs: xb[t] = sum_r w[r] dts[r, t]
@@ -513,6 +487,13 @@ SS_INLINE ChunkSpan chunk_span(const int32_t* perm, int64_t L, int64_t c) {
   return s;
 }
 
+// The chunk's rows of group offset goff into the buffers (move_rows only reads the tensor side).
+template <typename T>
+SS_INLINE void load_rows(const Args<T>& a, int64_t goff, int64_t Np, const ChunkSpan& sp, T* bufB, T* bufC, T* bufDt) {
+  move_rows<true>(a.rows_dt ? const_cast<T*>(a.rows_dt) + goff : nullptr, const_cast<T*>(a.rows_B) + goff, const_cast<T*>(a.rows_C) + goff,
+                  a.rows_ps, a.rows_fs, a.R, a.N, Np, sp.idx, sp.t0, sp.nt, bufB, bufC, bufDt);
+}
+
 template <typename T, int NB>
 SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
   typedef typename VecT<T>::type V;
@@ -542,8 +523,7 @@ SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
     const bool accumulate_y = a.cross && g > 0;
     for (int64_t c = 0; c < a.nchunks; ++c) {
       const ChunkSpan sp = chunk_span(perm, L, c);
-      load_rows(a.rows_dt + goff, a.rows_B + goff, a.rows_C + goff, a.rows_ps, a.rows_fs, a.R, N, Np, sp.idx,
-                sp.t0, sp.nt, bufB.data(), bufC.data(), dtsb.data());
+      load_rows(a, goff, Np, sp, bufB.data(), bufC.data(), dtsb.data());
       for (int64_t i = 0; i < nch; ++i) {
         const int64_t cc = k.c_lo + i, d = g * a.cpg + cc, bd = b * a.dim + d;
         // (channels-last slices in cross mode were just read by the previous channel)
@@ -604,12 +584,13 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
   T* dB_task = a.dB_part + toff;
   T* dC_task = a.dC_part + toff;
   if (nch <= 0) {  // an empty block still owns its slice of the partial sums
-    const std::vector<T> zeros(std::max<int64_t>(R, 1) * kChunk + kChunk * Np, T(0));
+    std::vector<T> zeros(std::max<int64_t>(R, 1) * kChunk + kChunk * Np, T(0));  // only read
     for (int64_t g = 0; g < a.G; ++g)
       for (int64_t c = 0; c < a.nchunks; ++c) {
         const int64_t t0 = c * kChunk, go = g * a.rows_gs;
-        store_rows(ddt_task ? ddt_task + go : nullptr, dB_task + go, dC_task + go, a.rows_ps, a.rows_fs, R, N, Np,
-                   nullptr, t0, int(std::min<int64_t>(kChunk, L - t0)), zeros.data(), zeros.data(), zeros.data());
+        move_rows<false>(ddt_task ? ddt_task + go : nullptr, dB_task + go, dC_task + go, a.rows_ps, a.rows_fs, R, N,
+                         Np, nullptr, t0, int(std::min<int64_t>(kChunk, L - t0)), zeros.data(), zeros.data(),
+                         zeros.data());
       }
     return;
   }
@@ -647,8 +628,7 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
 
     for (int64_t c = a.nchunks - 1; c >= 0; --c) {
       const ChunkSpan sp = chunk_span(perm, L, c);
-      load_rows(a.rows_dt + goff, a.rows_B + goff, a.rows_C + goff, a.rows_ps, a.rows_fs, R, N, Np, sp.idx, sp.t0,
-                sp.nt, bufB.data(), bufC.data(), dtsb.data());
+      load_rows(a, goff, Np, sp, bufB.data(), bufC.data(), dtsb.data());
       std::fill(bufdB.begin(), bufdB.end(), T(0));
       std::fill(bufdC.begin(), bufdC.end(), T(0));
       std::fill(bufddts.begin(), bufddts.end(), T(0));
@@ -763,8 +743,8 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
         }
       }
       // this task's share of the rows' gradient for the chunk: [d(dt inputs), dB, dC]
-      store_rows(ddt_task ? ddt_task + gpo : nullptr, dB_task + gpo, dC_task + gpo, a.rows_ps, a.rows_fs, R, N, Np,
-                 sp.idx, sp.t0, sp.nt, bufdB.data(), bufdC.data(), bufddts.data());
+      move_rows<false>(ddt_task ? ddt_task + gpo : nullptr, dB_task + gpo, dC_task + gpo, a.rows_ps, a.rows_fs, R, N,
+                       Np, sp.idx, sp.t0, sp.nt, bufdB.data(), bufdC.data(), bufddts.data());
     }
     for (int64_t i = 0; i < nch; ++i) {
       const int64_t bd = b * a.dim + g * a.cpg + k.c_lo + i;
