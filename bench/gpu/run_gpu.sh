@@ -6,6 +6,8 @@
 #
 # Environment:
 #   PY         the Python to use (default: .venv/bin/python, else python3)
+#   OFFLINE_PACK  a folder made by bench/gpu/pack_offline.sh (for an offline machine): its lmdb wheel
+#              is installed into it, its site/ goes on PYTHONPATH, and MAMBA_SRC defaults to its sdist
 #   MAMBA_SRC  a mamba-ssm source tree or sdist: when `selective_scan_cuda` does not import, its
 #              kernel is built from it for this GPU alone (bench/gpu/build_mamba_kernel.py, a few
 #              minutes) into $MAMBA_KERNEL_DIR (default build/mamba_kernel); without it the checks
@@ -19,6 +21,14 @@ PY="${PY:-.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
 KDIR="${MAMBA_KERNEL_DIR:-build/mamba_kernel}"
 stamp() { echo "[run_gpu $(date +%T)] $*"; }
+if [ -n "${OFFLINE_PACK:-}" ]; then
+    PACK="$(cd "$OFFLINE_PACK" && pwd)"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$PACK/site" "$PACK"/whl/*.whl \
+        || stamp "installing the pack's wheels FAILED"
+    export PYTHONPATH="$PACK/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    MAMBA_SRC="${MAMBA_SRC:-$(ls "$PACK"/mamba_ssm-*.tar.gz 2>/dev/null | head -1)}"
+    stamp "offline pack $PACK: PYTHONPATH=$PYTHONPATH, MAMBA_SRC=$MAMBA_SRC"
+fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 mkdir -p build
 
