@@ -238,6 +238,11 @@ def main() -> None:
         scan_backend_for_device=(ops.resolve_backend(device) if hasattr(ops, 'resolve_backend') else '?'),
         mamba_cuda_extension_built=importlib.util.find_spec('selective_scan_cuda') is not None)
     print(json.dumps({k: v for k, v in result.items()}), flush=True)
+
+    def save() -> None:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
     result['scan_check'] = check_scan(device)
     print('scan check:', json.dumps(result['scan_check']), flush=True)
     result['cross_scan_check'] = check_cross_scan(device)
@@ -245,8 +250,7 @@ def main() -> None:
     result['model_check'] = [check_model(m, device, 32 if args.dry_run else 64, overrides[m])
                              for m in args.models if m.startswith('serpent')]
     print('model check:', json.dumps(result['model_check']), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))  # the checks survive a timing that runs out of time
+    save()  # the checks survive a timing that runs out of time
     result['scan_timing'] = time_scan(device, [64] if args.dry_run else [4096, 16384], repeats)
     print('scan timing:', json.dumps(result['scan_timing']), flush=True)
     result['timing'] = []
@@ -259,10 +263,8 @@ def main() -> None:
                 rec = bench(m, size, device, repeats, amp, overrides[m])
                 print(json.dumps({k: v for k, v in rec.items() if k != 'traceback'}), flush=True)
                 result['timing'].append(rec)
-                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.out).write_text(json.dumps(result, indent=1))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+                save()
+    save()
     print(f'wrote {args.out}')
 
 
