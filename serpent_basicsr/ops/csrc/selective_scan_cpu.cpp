@@ -27,11 +27,11 @@
 // task owns a private (kChunk, Np) accumulator per chunk, written to its own copy of the rows'
 // layout (P copies, P = channel blocks), summed over P at the end when P > 1.
 //
-// Per channel and chunk the state recursion runs in passes (selective_scan_cpu_kernels.h):
-// the decays exp(dt A) of all steps first (independent, so the core overlaps them), then the
-// recursion itself with one FMA per state vector on its critical path, then the sums over the state
-// for W steps at once (a transpose-add instead of a horizontal sum per step). The next channel's
-// u/delta/z/y slices are prefetched (L floats apart: the hardware prefetcher misses them).
+// Per channel and chunk the state recursion (selective_scan_cpu_kernels.h) computes each step's
+// decays exp(dt A) in the same loop as the recursion (they do not depend on the state, so the core
+// overlaps them with its FMA chain), then the sums over the state for W steps at once (a
+// transpose-add instead of a horizontal sum per step). The next channel's u/delta/z/y slices are
+// prefetched (L floats apart: the hardware prefetcher misses them).
 //
 // SIMD: the kernels use GCC vector extensions (32-byte vectors) and live in
 // selective_scan_cpu_kernels.h, compiled twice: SSE2 (namespace generic) and AVX2+FMA (namespace

@@ -395,13 +395,42 @@ SS_INLINE void decay_pass(int nt, int nb, const T* dtb, const typename VecT<T>::
   }
 }
 
+// The recursion with the decays computed in the same loop: the exps of later steps do not depend
+// on the state, so the out-of-order core runs them while the recursion's FMA chain waits (a
+// separate pass over the chunk stored them and read them back). kStore (the backward's
+// recomputation) also keeps the decays and states for the adjoint; prod, if given, receives the
+// per-lane products h_t * C_t.
+template <typename T, int NB, bool kClamp, bool kStore>
+SS_INLINE void fused_states(int nt, const T* dtb, const T* bub, const T* Bc, const T* Cc,
+                            const typename VecT<T>::type* Av, typename VecT<T>::type* h, T* dec, T* hs, T* prod) {
+  typedef typename VecT<T>::type V;
+  constexpr int W = VecT<T>::lanes, Np = NB * W;
+  for (int t = 0; t < nt; ++t) {
+    V a[NB];
+    const V dtv = vsplat<V>(dtb[t]);
+    for (int j = 0; j < NB; ++j) a[j] = dtv * Av[j];
+    vdecay_k<NB, kClamp>(a);
+    const V buv = vsplat<V>(bub[t]);
+    V acc = V{};
+    for (int j = 0; j < NB; ++j) {
+      h[j] = a[j] * h[j] + buv * vload<V>(Bc + t * Np + j * W);
+      if (kStore) {
+        vstore(dec + t * Np + j * W, a[j]);
+        vstore(hs + (t + 1) * Np + j * W, h[j]);
+      }
+      if (prod) acc += h[j] * vload<V>(Cc + t * Np + j * W);
+    }
+    if (prod) vstore(prod + t * W, acc);
+  }
+}
+
 // The state recursion of one channel over one chunk, shared by the forward and the backward's
-// recomputation (so both produce bit-identical states), in three passes:
-//   1. the decays a_t = exp(dt_t A) of every step (decay_pass): no dependency between steps, so
-//      the out-of-order core overlaps the exps of many steps;
-//   2. h_t = a_t h_{t-1} + dt_t u_t B_t with the state in registers (one FMA per vector on the
-//      critical path); optionally stores h_t (backward) and the per-lane products h_t * C_t;
-//   3. y_t = row sums of those products, W steps at a time (no per-step horizontal sum).
+// recomputation (so both produce bit-identical states): h_t = a_t h_{t-1} + dt_t u_t B_t with
+// a_t = exp(dt_t A) and the state in registers (one FMA per vector on the critical path);
+// optionally stores a_t and h_t (store_states: the backward) and y_t = sum of h_t * C_t over the
+// state, summed W steps at a time from per-lane products (no per-step horizontal sum).
+// With a compile-time state size (NB > 0) the decays are computed inside the recursion's loop
+// (fused_states); otherwise in a pass of their own first (decay_pass), then the recursion.
 // Av holds A * kDecayScale; amax = max |Av|.
 template <typename T, int NB>
 SS_INLINE void chunk_states(int nt, int nb, int64_t Np, const T* dtb, const T* bub, const T* Bc, const T* Cc,
@@ -410,25 +439,33 @@ SS_INLINE void chunk_states(int nt, int nb, int64_t Np, const T* dtb, const T* b
   typedef typename VecT<T>::type V;
   constexpr int W = VecT<T>::lanes;
   T* dec = s.decay.data();
+  T* hs = s.hs.data();
+  T* prod = y ? s.rowsum1.data() : nullptr;
   bool nan = false;
   const T dtmax = chunk_absmax(dtb, &nan);
-  if (!nan && dtmax * amax <= T(kDecayArgMax))  // amax is NaN if A has one: clamped path too
-    decay_pass<T, NB, false>(nt, nb, dtb, Av, dec);
-  else
-    decay_pass<T, NB, true>(nt, nb, dtb, Av, dec);
-  T* hs = s.hs.data();
+  const bool clamp = nan || !(dtmax * amax <= T(kDecayArgMax));  // amax is NaN if A has one
   if (store_states)
     for (int j = 0; j < nb; ++j) vstore(hs + j * W, h[j]);
-  T* prod = s.rowsum1.data();
-  for (int t = 0; t < nt; ++t) {
-    const V buv = vsplat<V>(bub[t]);
-    V acc = V{};
-    for (int j = 0; j < nb; ++j) {
-      h[j] = vload<V>(dec + t * Np + j * W) * h[j] + buv * vload<V>(Bc + t * Np + j * W);
-      if (store_states) vstore(hs + (t + 1) * Np + j * W, h[j]);
-      if (y) acc += h[j] * vload<V>(Cc + t * Np + j * W);
+  if constexpr (NB > 0) {
+    auto run = [&](auto kStore) {
+      if (clamp) fused_states<T, NB, true, decltype(kStore)::value>(nt, dtb, bub, Bc, Cc, Av, h, dec, hs, prod);
+      else fused_states<T, NB, false, decltype(kStore)::value>(nt, dtb, bub, Bc, Cc, Av, h, dec, hs, prod);
+    };
+    if (store_states) run(std::true_type{});
+    else run(std::false_type{});
+  } else {
+    if (clamp) decay_pass<T, NB, true>(nt, nb, dtb, Av, dec);
+    else decay_pass<T, NB, false>(nt, nb, dtb, Av, dec);
+    for (int t = 0; t < nt; ++t) {
+      const V buv = vsplat<V>(bub[t]);
+      V acc = V{};
+      for (int j = 0; j < nb; ++j) {
+        h[j] = vload<V>(dec + t * Np + j * W) * h[j] + buv * vload<V>(Bc + t * Np + j * W);
+        if (store_states) vstore(hs + (t + 1) * Np + j * W, h[j]);
+        if (prod) acc += h[j] * vload<V>(Cc + t * Np + j * W);
+      }
+      if (prod) vstore(prod + t * W, acc);
     }
-    if (y) vstore(prod + t * W, acc);
   }
   if (y) {
     for (int t = nt; t < kChunk; ++t) vstore(prod + t * W, V{});
