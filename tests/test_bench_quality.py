@@ -5,6 +5,8 @@ import importlib.util
 import json
 
 import pytest
+import torch
+from basicsr.archs import build_network
 
 from conftest import REPO, tiny_swinir, write_photos
 
@@ -45,10 +47,15 @@ def test_quality_bench_trains_both_models_and_writes_the_report(tmp_path):
 
 def test_quality_bench_single_model_probe_and_bad_model_name(tmp_path):
     quality = _load_quality_bench()
-    assert quality.main(_args(tmp_path, '--models', 'serpent')) == 0
+    assert quality.main(_args(tmp_path, '--models', 'serpent', '--save-weights')) == 0
     res = json.loads((tmp_path / 'out' / 'quality.json').read_text())
     assert [r['method'] for r in res['rows']][2:] == ['Serpent (equal wall-clock)']
     assert set(res['targets']) == {'serpent_ge_classical_plus_1db'}
+    # --save-weights: the final weights, loadable into the network the spec builds (BasicSR's key)
+    saved = torch.load(tmp_path / 'out' / 'serpent.pth')
+    net = build_network(dict(saved['spec']))
+    net.load_state_dict(saved['params'])
+    assert saved['iters'] == 3 and not list((tmp_path / 'out').glob('*.tmp'))
     assert quality.main(_args(tmp_path, '--models', 'swinir', '--swinir-net', json.dumps(tiny_swinir()))) == 0
     res = json.loads((tmp_path / 'out' / 'quality.json').read_text())
     assert [r['method'] for r in res['rows']][2:] == ['SwinIR-small (equal wall-clock)'] and res['targets'] == {}

@@ -78,6 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='comma-separated subset of swinir,serpent (default both; one model alone is a probe: '
                         'no equal-wall-clock comparison, no equal-iterations rows)')
     p.add_argument('--grid-images', type=int, default=3)
+    p.add_argument('--save-weights', action='store_true',
+                   help='also write each model\'s final weights to --out/<model>.pth (to re-evaluate, e.g. tiled)')
     p.add_argument('--out', default=osp.join(ROOT, 'bench/quality/results'))
     return p.parse_args(argv)
 
@@ -181,6 +183,10 @@ def train(args, trainees: List[Trainee]) -> float:
             print('  ' + '  '.join(state), flush=True)
     for t in trainees:
         t.snapshot()  # the final weights (equal wall-clock)
+        if args.save_weights:
+            path = osp.join(args.out, t.name.lower().replace(' ', '_') + '.pth')
+            torch.save({'params': t.snaps[t.iters], 'spec': t.spec, 'iters': t.iters}, path + '.tmp')
+            os.replace(path + '.tmp', path)  # never a half-written file
     return batches.seconds
 
 
