@@ -41,88 +41,12 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
-#include <algorithm>
 #include <atomic>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
 #include <string>
-#include <type_traits>
-#include <vector>
+
+#include "selective_scan_cpu_tasks.h"
 
 namespace {
-
-#define SS_INLINE inline __attribute__((always_inline))
-
-constexpr int kChunk = 64;    // time steps per chunk: checkpoint interval and L1 buffer length
-constexpr int kMaxNB = 64;    // max SIMD vectors per channel state (512 float / 256 double states)
-
-typedef float vf __attribute__((vector_size(32)));
-typedef double vd __attribute__((vector_size(32)));
-typedef int32_t vi32 __attribute__((vector_size(32)));
-typedef uint32_t vu32 __attribute__((vector_size(32)));
-typedef int64_t vi64 __attribute__((vector_size(32)));
-
-template <typename T> struct VecT;
-template <> struct VecT<float> { typedef vf type; static constexpr int lanes = 8; };
-template <> struct VecT<double> { typedef vd type; static constexpr int lanes = 4; };
-
-template <typename V, typename T> SS_INLINE V vload(const T* p) { V v; std::memcpy(&v, p, sizeof(V)); return v; }
-template <typename V, typename T> SS_INLINE void vstore(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
-
-// The decay exp(delta * A) is computed in base 2 in float: A is pre-scaled by log2(e).
-template <typename T> constexpr T kDecayScale = T(1);
-template <> constexpr float kDecayScale<float> = 1.44269504088896341f;
-
-template <typename T> struct Args {
-  // inputs
-  const T* u; const T* delta; const T* A;
-  // the rows: per (batch, group, step) R dt inputs, N B and N C values at base + batch * rows_bs +
-  // group * rows_gs + step * rows_ps + feature * rows_fs (cross: one tensor, rows_fs = 1; plain: B
-  // and C tensors (batch, G, N, L), rows_ps = 1, rows_fs = L, R = 0, rows_dt null)
-  const T* rows_dt; const T* rows_B; const T* rows_C;
-  const T* D; const T* z; const T* bias;
-  const int32_t* perm;  // (G, L): stored position of step t in group g; null = identity
-  // forward outputs (may be null)
-  T* y; T* last; T* ckpt;
-  // backward inputs / outputs
-  const T* dout; const T* dlast;
-  T* du; T* ddelta; T* dz;
-  T* dA_part;   // (batch, dim, N)
-  T* dD_part;   // (batch, dim)
-  T* dbias_part;  // (batch, dim)
-  T* ddt_part; T* dB_part; T* dC_part;  // P copies of the rows' layout (their strides), part_size apart
-  int64_t rows_bs, rows_gs, rows_ps, rows_fs, part_size;
-  int64_t batch, dim, L, N, Np, G, cpg, P, nchunks;
-  // cross mode (SS2D): u / du / y / dout are channels-last (batch, L, cpg), u shared by the groups
-  // and y summed over them; delta = Wdt (dim, R) times the rows' first R values (no delta tensor)
-  bool cross;
-  int64_t R;
-  const T* Wdt;
-  T* dWdt_part;  // (batch, dim, R)
-  bool softplus;
-};
-
-namespace generic {
-#define SS_AVX2 0
-#include "selective_scan_cpu_kernels.h"
-#undef SS_AVX2
-}  // namespace generic
-
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
-#define SS_AVX2 1
-#include "selective_scan_cpu_kernels.h"
-#undef SS_AVX2
-}  // namespace avx2
-#pragma GCC pop_options
-
-// ---- ISA dispatch ---------------------------------------------------------------------------
-template <typename T, int NB> __attribute__((target("avx2,fma"))) void fwd_avx2(const Args<T>& a, int64_t t) { avx2::fwd_task<T, NB>(a, t); }
-template <typename T, int NB> __attribute__((target("avx2,fma"))) void bwd_avx2(const Args<T>& a, int64_t t) { avx2::bwd_task<T, NB>(a, t); }
-template <typename T, int NB> void fwd_generic(const Args<T>& a, int64_t t) { generic::fwd_task<T, NB>(a, t); }
-template <typename T, int NB> void bwd_generic(const Args<T>& a, int64_t t) { generic::bwd_task<T, NB>(a, t); }
 
 template <typename T> using TaskFn = void (*)(const Args<T>&, int64_t);
 

@@ -1,0 +1,30 @@
+"""bench/scan/kernel_harness.cpp: the CPU scan kernels built without torch (the tool for timing kernel
+changes in seconds) must keep compiling against the kernels' headers and agree with its float64 loop."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import REPO
+
+CXX = shutil.which('g++') or shutil.which('c++')
+
+
+@pytest.mark.skipif(CXX is None, reason='no C++ compiler')
+def test_kernel_harness_builds_checks_and_times(tmp_path):
+    exe = tmp_path / 'kernel_harness'
+    # -O1: builds in about a minute (-O3, for timing, takes a few); the check is the same code
+    subprocess.run([CXX, '-O1', '-std=c++20', '-I', str(REPO / 'serpent_basicsr/ops/csrc'),
+                    str(REPO / 'bench/scan/kernel_harness.cpp'), '-o', str(exe)], check=True, capture_output=True)
+    check = subprocess.run([str(exe), '--check'], capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout.strip().endswith('check ok'), check.stdout
+    # every state-size path (N 1, 5, 16, 40) in float and double, each with 8 compared outputs
+    assert len(re.findall(r'^(float|double) ', check.stdout, re.M)) == 24
+    timed = subprocess.run([str(exe), '130', '1'], capture_output=True, text=True, check=True).stdout
+    assert re.search(r'^forward  L 130: best of 1 [0-9.]+ ms', timed, re.M)
+    assert re.search(r'^backward L 130: best of 1 [0-9.]+ ms', timed, re.M)
+    bad = subprocess.run([str(exe), '0'], capture_output=True, text=True)
+    assert bad.returncode == 2 and 'usage' in bad.stderr
