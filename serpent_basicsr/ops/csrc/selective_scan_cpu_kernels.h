@@ -380,13 +380,13 @@ template <typename T> struct ChunkBufs {
         rowsum1(kChunk * VecT<T>::lanes, T(0)), rowsum2(kChunk * VecT<T>::lanes, T(0)) {}
 };
 
-// decay[t, :] = exp(dt_t A) for t < nt. Rows are Np = nb * W wide, so vector v of the chunk is step
+// decay[t, :] = exp(dt_t A) for t < nt, for a runtime-sized state (compile-time sizes compute them
+// inside the recursion: fused_states). Rows are Np = nb * W wide, so vector v of the chunk is step
 // v / nb, state block v % nb; K vectors at a time (rounded up: padded rows are readable, unused).
-template <typename T, int NB, bool kClamp>
+template <typename T, bool kClamp>
 SS_INLINE void decay_pass(int nt, int nb, const T* dtb, const typename VecT<T>::type* Av, T* dec) {
   typedef typename VecT<T>::type V;
   constexpr int W = VecT<T>::lanes, K = kInterleave;
-  if (NB > 0) nb = NB;  // compile-time block count: the / and % below become shifts and masks
   for (int v0 = 0; v0 < nt * nb; v0 += K) {
     V y[K];
     SS_EACH y[i] = vsplat<V>(dtb[unsigned(v0 + i) / unsigned(nb)]) * Av[unsigned(v0 + i) % unsigned(nb)];
@@ -454,8 +454,8 @@ SS_INLINE void chunk_states(int nt, int nb, int64_t Np, const T* dtb, const T* b
     if (store_states) run(std::true_type{});
     else run(std::false_type{});
   } else {
-    if (clamp) decay_pass<T, NB, true>(nt, nb, dtb, Av, dec);
-    else decay_pass<T, NB, false>(nt, nb, dtb, Av, dec);
+    if (clamp) decay_pass<T, true>(nt, nb, dtb, Av, dec);
+    else decay_pass<T, false>(nt, nb, dtb, Av, dec);
     for (int t = 0; t < nt; ++t) {
       const V buv = vsplat<V>(bub[t]);
       V acc = V{};
