@@ -28,3 +28,14 @@ def test_kernel_harness_builds_checks_and_times(tmp_path):
     assert re.search(r'^backward L 130: best of 1 [0-9.]+ ms', timed, re.M)
     bad = subprocess.run([str(exe), '0'], capture_output=True, text=True)
     assert bad.returncode == 2 and 'usage' in bad.stderr
+
+
+@pytest.mark.skipif(CXX is None, reason='no C++ compiler')
+def test_kernel_harness_timing_only_build(tmp_path):
+    exe = tmp_path / 'kernel_harness_timing'
+    subprocess.run([CXX, '-O1', '-std=c++20', '-DTIMING_ONLY', '-I', str(REPO / 'serpent_basicsr/ops/csrc'),
+                    str(REPO / 'bench/scan/kernel_harness.cpp'), '-o', str(exe)], check=True, capture_output=True)
+    timed = subprocess.run([str(exe), '70', '1'], capture_output=True, text=True, check=True).stdout
+    assert re.search(r'^backward L 70: best of 1 [0-9.]+ ms', timed, re.M)
+    refused = subprocess.run([str(exe), '--check'], capture_output=True, text=True)
+    assert refused.returncode == 2 and 'TIMING_ONLY' in refused.stderr

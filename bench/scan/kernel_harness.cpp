@@ -1,11 +1,13 @@
 // The CPU scan kernels alone, without torch: time them, or check them against a plain float64 loop.
 //
-//   g++ -O3 -std=c++20 -I serpent_basicsr/ops/csrc bench/scan/kernel_harness.cpp -o /tmp/kh
+//   g++ -O3 -std=c++20 -DTIMING_ONLY -I serpent_basicsr/ops/csrc bench/scan/kernel_harness.cpp -o /tmp/kh
 //   /tmp/kh [L] [reps]     # time forward (with checkpoints) and backward, one thread, best of reps
-//   /tmp/kh --check        # small shapes (every state-size path) against the float64 loop
+//   g++ -O1 -std=c++20 -I serpent_basicsr/ops/csrc bench/scan/kernel_harness.cpp -o /tmp/khc
+//   /tmp/khc --check       # small shapes (every state-size path) against the float64 loop
 //
-// Builds in seconds (the torch extension takes minutes), so a change to selective_scan_cpu_kernels.h
-// can be timed at once: build the old and the new header into two binaries and run them alternately
+// -DTIMING_ONLY builds only the kernels the timing runs (float, 16 states, AVX2 if the CPU has it):
+// seconds instead of the extension's minutes, so a change to selective_scan_cpu_kernels.h can be timed
+// at once: build the old and the new header into two binaries and run them alternately
 // (single runs on a shared machine move by 10-30%; compare the best of several). Timing shape: issue
 // 4's (batch 1, 4 directions x 96 channels, d_state 16), mamba's plain layout, softplus, D and bias,
 // values like bench_scan.py's. Times are also given per (channel, step) in ns.
@@ -76,6 +78,16 @@ template <typename T> struct Problem {
 // The kernels for this machine and state size (as the extension picks them; 0: runtime-sized).
 template <typename T> void run(const Args<T>& a, bool fwd) {
   const bool v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#ifdef TIMING_ONLY
+  if constexpr (std::is_same<T, float>::value) {
+    if (a.Np / VecT<T>::lanes == 2) {
+      (fwd ? (v ? fwd_avx2<T, 2> : fwd_generic<T, 2>) : (v ? bwd_avx2<T, 2> : bwd_generic<T, 2>))(a, 0);
+      return;
+    }
+  }
+  std::fprintf(stderr, "built with -DTIMING_ONLY: float with 9-16 states only\n");
+  std::exit(2);
+#else
   switch (a.Np / VecT<T>::lanes) {
 #define SS_CASE(K) \
   case K: (fwd ? (v ? fwd_avx2<T, K> : fwd_generic<T, K>) : (v ? bwd_avx2<T, K> : bwd_generic<T, K>))(a, 0); return;
@@ -83,6 +95,7 @@ template <typename T> void run(const Args<T>& a, bool fwd) {
 #undef SS_CASE
     default: (fwd ? (v ? fwd_avx2<T, 0> : fwd_generic<T, 0>) : (v ? bwd_avx2<T, 0> : bwd_generic<T, 0>))(a, 0);
   }
+#endif
 }
 
 // The float64 loop: forward, then the adjoint recursion backwards in time.
@@ -171,6 +184,10 @@ template <typename T> bool check(int64_t G, int64_t cpg, int64_t N, int64_t L, d
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "--check") {
+#ifdef TIMING_ONLY
+    std::fprintf(stderr, "built with -DTIMING_ONLY: build without it for --check\n");
+    return 2;
+#else
     bool ok = true;
     for (int64_t N : {1, 5, 16, 40})  // 1-4 state vectors (compile-time paths) and 40 (runtime-sized)
       for (int64_t L : {1, 63, 150}) {
@@ -179,6 +196,7 @@ int main(int argc, char** argv) {
       }
     std::printf("%s\n", ok ? "check ok" : "check FAILED");
     return ok ? 0 : 1;
+#endif
   }
   const int64_t L = argc > 1 ? std::atol(argv[1]) : 4096;
   const int reps = argc > 2 ? std::atoi(argv[2]) : 5;
