@@ -1,5 +1,6 @@
 """bench/scan/kernel_harness.cpp: the CPU scan kernels built without torch (the tool for timing kernel
-changes in seconds) must keep compiling against the kernels' headers and agree with its float64 loop."""
+changes without rebuilding the extension) must keep compiling against the kernels' headers and agree
+with its float64 loop."""
 from __future__ import annotations
 
 import re

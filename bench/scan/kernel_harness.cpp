@@ -77,7 +77,7 @@ template <typename T> struct Problem {
 
 // The kernels for this machine and state size (as the extension picks them; 0: runtime-sized).
 template <typename T> void run(const Args<T>& a, bool fwd) {
-  const bool v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool v = cpu_has_avx2();
 #ifdef TIMING_ONLY
   if constexpr (std::is_same<T, float>::value) {
     if (a.Np / VecT<T>::lanes == 2) {
@@ -88,13 +88,7 @@ template <typename T> void run(const Args<T>& a, bool fwd) {
   std::fprintf(stderr, "built with -DTIMING_ONLY: float with 9-16 states only\n");
   std::exit(2);
 #else
-  switch (a.Np / VecT<T>::lanes) {
-#define SS_CASE(K) \
-  case K: (fwd ? (v ? fwd_avx2<T, K> : fwd_generic<T, K>) : (v ? bwd_avx2<T, K> : bwd_generic<T, K>))(a, 0); return;
-    SS_CASE(1) SS_CASE(2) SS_CASE(3) SS_CASE(4)
-#undef SS_CASE
-    default: (fwd ? (v ? fwd_avx2<T, 0> : fwd_generic<T, 0>) : (v ? bwd_avx2<T, 0> : bwd_generic<T, 0>))(a, 0);
-  }
+  pick_task<T>(fwd, int(a.Np / VecT<T>::lanes), v)(a, 0);
 #endif
 }
 

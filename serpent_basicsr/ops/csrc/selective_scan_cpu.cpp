@@ -48,12 +48,6 @@
 
 namespace {
 
-template <typename T> using TaskFn = void (*)(const Args<T>&, int64_t);
-
-bool cpu_has_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-}
 std::string g_isa = "auto";  // "auto", "avx2" or "generic" (tests force the portable path)
 
 bool use_avx2() {
@@ -61,17 +55,7 @@ bool use_avx2() {
   return cpu_has_avx2();
 }
 
-template <typename T>
-TaskFn<T> pick(bool fwd, int nb) {
-  const bool v = use_avx2();
-#define SS_CASE(K) \
-  case K: return fwd ? (v ? fwd_avx2<T, K> : fwd_generic<T, K>) : (v ? bwd_avx2<T, K> : bwd_generic<T, K>);
-  switch (nb) {
-    SS_CASE(1) SS_CASE(2) SS_CASE(3) SS_CASE(4)
-    default: return fwd ? (v ? fwd_avx2<T, 0> : fwd_generic<T, 0>) : (v ? bwd_avx2<T, 0> : bwd_generic<T, 0>);
-  }
-#undef SS_CASE
-}
+template <typename T> TaskFn<T> pick(bool fwd, int nb) { return pick_task<T>(fwd, nb, use_avx2()); }
 
 // ---- host side ------------------------------------------------------------------------------
 bool opt_ptr_check(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }

@@ -1,8 +1,9 @@
 // Everything of the CPU selective scan that does not need torch: the SIMD types, the kernels'
 // arguments (Args), the kernels compiled for both instruction sets (selective_scan_cpu_kernels.h,
-// namespaces generic and avx2) and the per-task entry points fwd_/bwd_{avx2,generic}<T, NB>.
+// namespaces generic and avx2), the per-task entry points fwd_/bwd_{avx2,generic}<T, NB> and
+// pick_task, which chooses one by state size and instruction set.
 // Included by selective_scan_cpu.cpp (the torch extension) and by bench/scan/kernel_harness.cpp
-// (the kernels alone, built with a plain g++ in seconds, to time and check changes to them).
+// (the kernels alone, built with a plain g++, to time and check changes to them).
 #pragma once
 
 #include <algorithm>
@@ -85,5 +86,25 @@ template <typename T, int NB> __attribute__((target("avx2,fma"))) void fwd_avx2(
 template <typename T, int NB> __attribute__((target("avx2,fma"))) void bwd_avx2(const Args<T>& a, int64_t t) { avx2::bwd_task<T, NB>(a, t); }
 template <typename T, int NB> void fwd_generic(const Args<T>& a, int64_t t) { generic::fwd_task<T, NB>(a, t); }
 template <typename T, int NB> void bwd_generic(const Args<T>& a, int64_t t) { generic::bwd_task<T, NB>(a, t); }
+
+template <typename T> using TaskFn = void (*)(const Args<T>&, int64_t);
+
+bool cpu_has_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
+// The task function for a state of nb SIMD vectors (1-4 compiled for that size, else the
+// runtime-sized kernels) and the instruction set.
+template <typename T>
+TaskFn<T> pick_task(bool fwd, int nb, bool avx2) {
+#define SS_CASE(K) \
+  case K: return fwd ? (avx2 ? fwd_avx2<T, K> : fwd_generic<T, K>) : (avx2 ? bwd_avx2<T, K> : bwd_generic<T, K>);
+  switch (nb) {
+    SS_CASE(1) SS_CASE(2) SS_CASE(3) SS_CASE(4)
+    default: return fwd ? (avx2 ? fwd_avx2<T, 0> : fwd_generic<T, 0>) : (avx2 ? bwd_avx2<T, 0> : bwd_generic<T, 0>);
+  }
+#undef SS_CASE
+}
 
 }  // namespace
