@@ -102,11 +102,56 @@ def _direct_blur(gt_chw: torch.Tensor, kernel: torch.Tensor) -> np.ndarray:
 @pytest.mark.parametrize('opt', [dict(kernel_type='anisotropic', sigma=[1, 4]),
                                  dict(cls=DegradationDataset, blur='motion', kernel_size=31, motion_length=[8, 25])])
 def test_lq_equals_direct_convolution_with_reported_kernel(tiny_default, opt):
-    for phase in ('val', 'train'):
+    for phase in ('val', 'train'):  # train: the crop alone (crop_context: false, the default)
         ds = make(tiny_default / 'val', phase, gt_size=40, **opt)
         item = ds[1]
         # reflect-101 borders (numpy 'reflect', cv2.BORDER_REFLECT_101), true convolution
         np.testing.assert_allclose(item['lq'].numpy(), _direct_blur(item['gt'], item['kernel']), atol=2e-6)
+
+
+DIHEDRAL = [lambda a, k=k, t=t: np.rot90(a, k).transpose(1, 0, 2) if t else np.rot90(a, k)
+            for k in range(4) for t in (False, True)]
+
+
+@pytest.mark.parametrize('scale,ks,resize', [(1, 21, 'matlab'), (2, 11, 'matlab'), (4, 9, 'cv2')])
+def test_train_crop_in_context_equals_the_whole_photo_degraded(tmp_path, scale, ks, resize):
+    """crop_context: true: a training pair is a window of (whole photo, whole photo degraded),
+    flipped/rotated together, and the LQ window sits on the whole photo's LQ grid. The photo encodes
+    each pixel's row and column in two channels, so the GT crop tells where it came from."""
+    h, w, size = 90, 75, 32
+    yy, xx = np.mgrid[0:h, 0:w]
+    photo = np.stack([yy / h, xx / w, np.random.default_rng(0).random((h, w))], -1)
+    (tmp_path / 'p').mkdir()
+    cv2.imwrite(str(tmp_path / 'p' / 'a.png'), np.round(photo * 65535).astype(np.uint16))
+    ds = make(tmp_path / 'p', 'train', cls=DegradationDataset, gt_size=size, kernel_size=ks, scale=scale,
+              resize=resize, use_hflip=True, use_rot=True, crop_context=True)
+    photo = ds.load_gt(0)[:h - h % scale, :w - w % scale]
+    from serpent_basicsr.data.degradations import blur, downsample
+    whole_lq = np.clip(downsample(blur(photo, ds[0]['kernel'].double().numpy()), scale, resize), 0, 1)
+    seen = set()
+    for seed in range(24):
+        torch.manual_seed(seed)
+        item = ds[0]
+        gt, lq = (item[k].numpy().transpose(1, 2, 0)[:, :, ::-1] for k in ('gt', 'lq'))  # BGR HWC
+        found = []
+        for f in DIHEDRAL:  # which orientation and window of the photo is this crop?
+            g = f(gt)
+            top, left = int(round(g[0, 0, 0] * h)), int(round(g[0, 0, 1] * w))
+            if np.array_equal(g, photo[top:top + size, left:left + size]):
+                found.append((f, top, left))
+        assert len(found) == 1
+        f, top, left = found[0]
+        assert top % scale == 0 and left % scale == 0  # on the LQ grid
+        s = size // scale
+        np.testing.assert_allclose(f(lq), whole_lq[top // scale:top // scale + s, left // scale:left // scale + s],
+                                   atol=2e-6)
+        seen.add((DIHEDRAL.index(f), top == 0 or left == 0 or top + size == photo.shape[0]))
+    assert len({o for o, _ in seen}) > 4 and {b for _, b in seen} == {True, False}  # flips, borders covered
+    old = make(tmp_path / 'p', 'train', cls=DegradationDataset, gt_size=size, kernel_size=ks, scale=scale,
+               resize=resize, crop_context=False)[0]
+    assert old['lq'].shape == item['lq'].shape
+    with pytest.raises(ValueError, match='crop_context'):
+        make(tmp_path / 'p', 'train', cls=DegradationDataset, gt_size=size, crop_context='yes')
 
 
 def test_sr_mode_lq_is_gt_over_factor(tiny_default):

@@ -4,8 +4,8 @@
 Default setting (the paper's training input): the embedded default train set (built first if
 missing), random 256 x 256 crops with flips/rotations, 61 x 61 Gaussian blur with sigma 3.0,
 batch 8, with 2 workers and with 0 workers (main process), from the folder and from the LMDB,
-plus the 8x SR variant (blur + MATLAB bicubic). A per-stage breakdown (read+decode, crop, kernel,
-blur, to-tensor) is measured single-threaded in this process. Optionally (--model) one training
+plus the 8x SR variant (blur + MATLAB bicubic). A per-stage breakdown (read+decode, crop with its
+context, kernel, blur of the context, to-tensor) is measured single-threaded in this process. Optionally (--model) one training
 step (forward, L1, backward, Adam) of a registered architecture is timed on the same batch shape,
 and the ratio loader images/s : step images/s says whether the loader keeps up.
 
@@ -61,13 +61,16 @@ def stage_breakdown(opt: Dict[str, Any], reps: int) -> Dict[str, float]:
         img = ds.load_gt(idx)
         times['read_decode'].append(time.perf_counter() - t)
         t = time.perf_counter()
-        gt = ds.crop_and_augment(img, rng, ds.paths[idx])
+        # as __getitem__: the crop with its surroundings (crop_context), blurred whole, then cut out
+        margin = ds.degradation.context_margin() if ds.crop_context else 0
+        region, (top, left, size) = ds.crop_in_context(img, rng, ds.paths[idx], margin)
+        gt = region[top:top + size, left:left + size]
         times['crop_augment'].append(time.perf_counter() - t)
         t = time.perf_counter()
         kernel, _ = ds.degradation.sample_kernel(rng)
         times['kernel'].append(time.perf_counter() - t)
         t = time.perf_counter()
-        lq = blur(gt, kernel)
+        lq = blur(region, kernel)[top:top + size, left:left + size]
         times['blur'].append(time.perf_counter() - t)
         t = time.perf_counter()
         img2tensor([gt, lq])

@@ -69,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--kernel-size', type=int, default=61)
     p.add_argument('--sigma', type=float, default=3.0)
+    p.add_argument('--crop-context', action='store_true',
+                   help='degrade each training crop with its surroundings (the dataset\'s crop_context: true) '
+                        'instead of alone (default)')
     p.add_argument('--train-dir', default=osp.join(ROOT, 'datasets/data/default/train'))
     p.add_argument('--val-dir', default=osp.join(ROOT, 'datasets/data/default/val'))
     p.add_argument('--serpent-net', default="{type: Serpent, preset: serpent_s}", help='network spec (YAML)')
@@ -97,7 +100,7 @@ class SharedBatches:
             if not osp.isdir(d):
                 raise SystemExit(f'error: data folder not found: {d} (run: python datasets/make_default_data.py)')
         opt = dict(degradation_opt(args), name='train', phase='train', dataroot_gt=args.train_dir,
-                   gt_size=args.patch, use_hflip=True, use_rot=True)
+                   gt_size=args.patch, use_hflip=True, use_rot=True, crop_context=args.crop_context)
         self.ds = build_dataset(opt)
         self.args, self.users, self.cache, self.seconds = args, users, {}, 0.0
 
@@ -221,7 +224,7 @@ def markdown(res: Dict[str, Any]) -> str:
     lines = [f'Validation: {res["val_images"]} photos ({", ".join(res["val_names"])}), Gaussian blur '
              f'{cfg["kernel_size"]}x{cfg["kernel_size"]} sigma {cfg["sigma"]}; '
              'PSNR/SSIM RGB, crop 0 (BasicSR metrics).',
-             f'Training: crops {cfg["patch"]}, batch {cfg["batch"]}, L1, Adam lr {cfg["lr"]} '
+             f'Training: crops {cfg["patch"]}{" (degraded with their context)" if cfg.get("crop_context") else ""}, batch {cfg["batch"]}, L1, Adam lr {cfg["lr"]} '
              f'({cfg.get("schedule", "constant")} over each model\'s budget), '
              f'{cfg["minutes"]} min of training compute per model, {cfg["threads"]} CPU threads, shared machine.', '',
              '| method | params | iterations | train time (s) | PSNR (dB) | SSIM |', '|---|---|---|---|---|---|']

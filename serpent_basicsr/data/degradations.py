@@ -256,11 +256,27 @@ class Degradation:
         kernel = gaussian_kernel(c.kernel_size, sigma_x, sigma_y, theta)
         return kernel, {'blur': 'gaussian', 'sigma_x': sigma_x, 'sigma_y': sigma_y, 'theta': theta}
 
-    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> Degraded:
+    def context_margin(self) -> int:
+        """Pixels of surroundings that decide the blurred, downsampled value at a pixel: the kernel's
+        radius plus the bicubic support (2 * scale), rounded up to a multiple of scale."""
+        s = self.cfg.scale
+        reach = self.cfg.kernel_size // 2 + (2 * s if s > 1 else 0)
+        return -(-reach // s) * s
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator,
+                 crop: Optional[Tuple[int, int, int]] = None) -> Degraded:
+        """Degrade `img`. With `crop` = (top, left, size), multiples of scale, `img` is the crop's
+        context: it is blurred and downsampled whole and the LQ of the crop is cut out before noise
+        and JPEG, so the LQ is what degrading the whole photo gives there (no artificial border)."""
         c = self.cfg
         kernel, params = self.sample_kernel(rng)
         out = blur(img, kernel)
         out = np.clip(downsample(out, c.scale, c.resize), 0.0, 1.0)  # bicubic overshoots
+        if crop is not None:
+            if any(v % c.scale for v in crop):
+                raise ValueError(f'crop: {crop} must be multiples of scale {c.scale}')
+            top, left, size = (v // c.scale for v in crop)
+            out = np.ascontiguousarray(out[top:top + size, left:left + size])
         params.update(scale=c.scale, resize=c.resize)
         std = _draw(rng, c.noise_std)
         out = add_noise(out, std, rng)

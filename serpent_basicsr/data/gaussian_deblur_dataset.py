@@ -11,14 +11,21 @@ Reading (documented behaviour, checked by tests/test_data_*.py):
   replicated to 3 channels, an alpha channel is dropped (not composited), 8-bit is divided by 255
   and 16-bit by 65535. Output tensors are RGB CHW (basicsr's img2tensor with bgr2rgb).
 - phase `train` (BasicSR sets `phase` from the datasets key): a random `gt_size` crop, optional
-  flips/rotations, and a random degradation; phase `val`/`test`: the whole image, cropped at the
+  flips/rotations, and a random degradation. By default the crop is degraded alone (reflect
+  borders at all four crop edges: with 64 px crops and a 61x61 kernel about half its pixels see
+  them). With `crop_context: true` the crop is degraded together with its surroundings (the blur
+  kernel's radius plus the bicubic support, fewer where the photo ends) and then cut out, so a
+  training LQ is exactly the window of the whole photo degraded (reflect borders only at the
+  photo's own edges, as in validation); the crop then starts on the photo's scale grid.
+  Phase `val`/`test`: the whole image, cropped at the
   bottom/right to a multiple of `scale` (and of `size_multiple`), BasicSR's own convention, and a
   degradation that depends only on (`seed`, image key), so metrics repeat across runs, processes,
   backends and orderings.
 - An image's key is its path relative to `dataroot_gt` without extension (disk) or its LMDB key;
   datasets/folder_to_lmdb.py uses the same keys, so both backends give identical items.
-- LQ = the pipeline of degradations.py on the GT crop: blur (true convolution, reflect-101
-  borders) -> bicubic downsampling by `scale` -> Gaussian noise -> JPEG; `kernel` is the one used.
+- LQ = the pipeline of degradations.py on the GT crop (or its context, see above): blur (true
+  convolution, reflect-101 borders) -> bicubic downsampling by `scale` -> Gaussian noise -> JPEG;
+  `kernel` is the one used.
 - Inside DataLoader workers OpenCV is set to one thread (the workers are the parallelism).
 - Randomness: one numpy Generator per item. In training it is seeded from torch's RNG, which
   BasicSR seeds from `manual_seed` and DataLoader workers re-seed per worker, so workers never
@@ -154,7 +161,7 @@ def _positive_int(opt: Mapping[str, Any], key: str, default: Any = None) -> int:
 class DegradationDataset(data.Dataset):
     """GT images from a folder or LMDB, degraded on the fly by serpent_basicsr.data.degradations.
 
-    Options: dataroot_gt, io_backend, meta_info_file, phase, gt_size, use_hflip, use_rot, seed,
+    Options: dataroot_gt, io_backend, meta_info_file, phase, gt_size, use_hflip, use_rot, crop_context, seed,
     size_multiple, mean, std, color, plus every degradation option (blur, kernel_size, sigma,
     kernel_type, sigma_y, theta, motion_length, motion_curvature, noise_std, jpeg_quality, scale,
     resize). See the module docstring and the README's options table.
@@ -174,6 +181,9 @@ class DegradationDataset(data.Dataset):
         self.seed = int(opt.get('seed', 0))
         self.use_hflip = bool(opt.get('use_hflip', False))
         self.use_rot = bool(opt.get('use_rot', False))
+        self.crop_context = opt.get('crop_context', False)
+        if not isinstance(self.crop_context, bool):
+            raise ValueError(f'crop_context: expected true or false, got {self.crop_context!r}')
         self.mean, self.std = opt.get('mean'), opt.get('std')
         color = str(opt.get('color', 'rgb')).lower()
         if color != 'rgb':
@@ -262,31 +272,54 @@ class DegradationDataset(data.Dataset):
         return decode_image(content, path)
 
     def crop_and_augment(self, img: np.ndarray, rng: np.random.Generator, name: str) -> np.ndarray:
+        """Val/test: the whole image cut to a multiple of `multiple`. Train: a random gt_size crop,
+        flipped/rotated (the crop alone, without context; see crop_in_context)."""
         h, w = img.shape[:2]
         if self.phase != 'train':
             hh, ww = h - h % self.multiple, w - w % self.multiple
             if hh == 0 or ww == 0:
                 raise ValueError(f'{name}: image {h}x{w} is smaller than scale/size_multiple {self.multiple}')
             return np.ascontiguousarray(img[:hh, :ww])
+        region, _ = self.crop_in_context(img, rng, name, margin=0)
+        return region
+
+    def crop_in_context(self, img: np.ndarray, rng: np.random.Generator, name: str,
+                        margin: int) -> Tuple[np.ndarray, Tuple[int, int, int]]:
+        """A random gt_size crop with up to `margin` pixels of its surroundings (fewer where the
+        photo ends), flipped/rotated together: returns (region, (top, left, size) of the crop in
+        it). With a margin (a multiple of scale) the crop starts on the scale grid of the photo cut
+        to a multiple of scale, so its LQ is on the whole photo's LQ grid."""
         size = self.gt_size
+        h, w = img.shape[:2]
         if h < size or w < size:
             raise ValueError(f'{name}: image is {h}x{w}, smaller than gt_size {size}')
-        top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-        img = img[top:top + size, left:left + size]
+        step = self.scale if margin else 1
+        h, w = h - h % step, w - w % step
+        top = step * int(rng.integers(0, (h - size) // step + 1))
+        left = step * int(rng.integers(0, (w - size) // step + 1))
+        r0, c0 = max(0, top - margin), max(0, left - margin)
+        img = img[r0:min(h, top + size + margin), c0:min(w, left + size + margin)]
+        top, left = top - r0, left - c0
         if self.use_hflip and rng.random() < 0.5:
-            img = img[:, ::-1]
+            img, left = img[:, ::-1], img.shape[1] - left - size
         if self.use_rot:
             if rng.random() < 0.5:
-                img = img[::-1]
+                img, top = img[::-1], img.shape[0] - top - size
             if rng.random() < 0.5:
-                img = img.transpose(1, 0, 2)
-        return np.ascontiguousarray(img)
+                img, top, left = img.transpose(1, 0, 2), left, top
+        return np.ascontiguousarray(img), (top, left, size)
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         path = self.paths[index]
         rng = self.rng_for(index)
-        gt = self.crop_and_augment(self.load_gt(index), rng, path)
-        out = self.degradation(gt, rng)
+        if self.phase == 'train' and self.crop_context:
+            region, (top, left, size) = self.crop_in_context(self.load_gt(index), rng, path,
+                                                             self.degradation.context_margin())
+            gt = np.ascontiguousarray(region[top:top + size, left:left + size])
+            out = self.degradation(region, rng, crop=(top, left, size))
+        else:
+            gt = self.crop_and_augment(self.load_gt(index), rng, path)
+            out = self.degradation(gt, rng)
         img_gt, img_lq = img2tensor([gt, out.lq], bgr2rgb=True, float32=True)
         if self.mean is not None or self.std is not None:
             normalize(img_lq, self.mean, self.std, inplace=True)
