@@ -57,18 +57,26 @@ template <int K> SS_INLINE void vexp_k(vd* x) {
 // 2^23), so adding them shifted into the exponent field multiplies by 2^round(y). That is exact
 // while y is in [-126, 127]; kClamp clamps y there first (NaN stays NaN), otherwise the caller has
 // checked the range. double: std::exp (the exact path).
-template <int K, bool kClamp> SS_INLINE void vdecay_k(vf* y) {
+// In two halves, so that the hot loop can start step t + 1's decay while it finishes step t's
+// (decay_front: the range reduction and the first three Horner steps; decay_back: the rest).
+template <bool kClamp> SS_INLINE void decay_front(vf y, vf& k, vf& f, vf& p) {
   const vf magic = vsplat<vf>(12582912.0f);  // 1.5 * 2^23
+  if (kClamp) y = vmin(vsplat<vf>(127.0f), vmax(vsplat<vf>(-126.0f), y));
+  k = y + magic;
+  f = y - (k - magic);
+  p = 1.327645848505199e-3f * f + 9.675540961325169e-3f;
+  p = p * f + 5.550713464617729e-2f;
+  p = p * f + 2.4022120237350464e-1f;
+}
+SS_INLINE vf decay_back(vf k, vf f, vf p) {
+  p = p * f + 6.931469440460205e-1f;
+  p = p * f + 1.0000001192092896f;
+  return (vf)((vu32)p + ((vu32)k << 23));
+}
+template <int K, bool kClamp> SS_INLINE void vdecay_k(vf* y) {
   vf k[K], f[K], p[K];
-  if (kClamp) SS_EACH y[i] = vmin(vsplat<vf>(127.0f), vmax(vsplat<vf>(-126.0f), y[i]));
-  SS_EACH k[i] = y[i] + magic;
-  SS_EACH f[i] = y[i] - (k[i] - magic);
-  SS_EACH p[i] = 1.327645848505199e-3f * f[i] + 9.675540961325169e-3f;
-  SS_EACH p[i] = p[i] * f[i] + 5.550713464617729e-2f;
-  SS_EACH p[i] = p[i] * f[i] + 2.4022120237350464e-1f;
-  SS_EACH p[i] = p[i] * f[i] + 6.931469440460205e-1f;
-  SS_EACH p[i] = p[i] * f[i] + 1.0000001192092896f;
-  SS_EACH y[i] = (vf)((vu32)p[i] + ((vu32)k[i] << 23));
+  SS_EACH decay_front<kClamp>(y[i], k[i], f[i], p[i]);
+  SS_EACH y[i] = decay_back(k[i], f[i], p[i]);
 }
 template <int K, bool kClamp> SS_INLINE void vdecay_k(vd* y) { vexp_k<K>(y); }
 // Largest |y| the unclamped float decay takes.
@@ -402,14 +410,14 @@ SS_INLINE void decay_pass(int nt, int nb, const T* dtb, const typename VecT<T>::
 // per-lane products h_t * C_t.
 template <typename T, int NB, bool kClamp, bool kStore>
 SS_INLINE void fused_states(int nt, const T* dtb, const T* bub, const T* Bc, const T* Cc,
-                            const typename VecT<T>::type* Av, typename VecT<T>::type* h, T* dec, T* hs, T* prod) {
+                            const typename VecT<T>::type* Av, typename VecT<T>::type* h_io, T* dec, T* hs, T* prod) {
   typedef typename VecT<T>::type V;
   constexpr int W = VecT<T>::lanes, Np = NB * W;
-  for (int t = 0; t < nt; ++t) {
-    V a[NB];
-    const V dtv = vsplat<V>(dtb[t]);
-    for (int j = 0; j < NB; ++j) a[j] = dtv * Av[j];
-    vdecay_k<NB, kClamp>(a);
+  // The state in locals: through the pointer, the compiler must assume the stores below may alias
+  // it and keeps it in memory, which puts a store-to-load forward on the recursion's chain.
+  V h[NB];
+  for (int j = 0; j < NB; ++j) h[j] = h_io[j];
+  auto step = [&](int t, const V* a) {
     const V buv = vsplat<V>(bub[t]);
     V acc = V{};
     for (int j = 0; j < NB; ++j) {
@@ -421,7 +429,33 @@ SS_INLINE void fused_states(int nt, const T* dtb, const T* bub, const T* Bc, con
       if (prod) acc += h[j] * vload<V>(Cc + t * Np + j * W);
     }
     if (prod) vstore(prod + t * W, acc);
+  };
+  if constexpr (std::is_same_v<T, float>) {
+    // float: the exp is software-pipelined over two iterations, step t + 1's front half next to
+    // step t's back half, so that no iteration holds a whole ~40-cycle exp chain: with one, the
+    // core's FP scheduler fills with waiting instructions long before the FMA pipes are busy
+    V k[NB], f[NB], p[NB];
+    auto front = [&](int t) {
+      const V dtv = vsplat<V>(dtb[t]);
+      for (int j = 0; j < NB; ++j) decay_front<kClamp>(dtv * Av[j], k[j], f[j], p[j]);
+    };
+    front(0);
+    for (int t = 0; t < nt; ++t) {
+      V a[NB];
+      for (int j = 0; j < NB; ++j) a[j] = decay_back(k[j], f[j], p[j]);
+      front(t + 1 < nt ? t + 1 : t);
+      step(t, a);
+    }
+  } else {
+    for (int t = 0; t < nt; ++t) {
+      V a[NB];
+      const V dtv = vsplat<V>(dtb[t]);
+      for (int j = 0; j < NB; ++j) a[j] = dtv * Av[j];
+      vdecay_k<NB, kClamp>(a);
+      step(t, a);
+    }
   }
+  for (int j = 0; j < NB; ++j) h_io[j] = h[j];
 }
 
 // The state recursion of one channel over one chunk, shared by the forward and the backward's
