@@ -47,10 +47,14 @@ def test_quality_bench_trains_both_models_and_writes_the_report(tmp_path):
 
 def test_quality_bench_single_model_probe_and_bad_model_name(tmp_path):
     quality = _load_quality_bench()
-    assert quality.main(_args(tmp_path, '--models', 'serpent', '--save-weights')) == 0
+    assert quality.main(_args(tmp_path, '--models', 'serpent', '--save-weights', '--self-ensemble')) == 0
     res = json.loads((tmp_path / 'out' / 'quality.json').read_text())
-    assert [r['method'] for r in res['rows']][2:] == ['Serpent (equal wall-clock)']
-    assert set(res['targets']) == {'serpent_ge_classical_plus_1db'}
+    assert [r['method'] for r in res['rows']][2:] == ['Serpent (equal wall-clock)',
+                                                      'Serpent (equal wall-clock, x8 self-ensemble)']
+    plain, ens = res['rows'][2:]
+    assert plain['iters'] == ens['iters'] == 3 and plain['psnr'] != ens['psnr']
+    assert set(res['targets']) == {'serpent_ge_classical_plus_1db', 'serpent_self_ensemble_ge_classical_plus_1db'}
+    assert 'with the x8 self-ensemble' in (tmp_path / 'out' / 'quality.md').read_text()
     # --save-weights: the final weights, loadable into the network the spec builds (BasicSR's key)
     saved = torch.load(tmp_path / 'out' / 'serpent.pth')
     net = build_network(dict(saved['spec']))

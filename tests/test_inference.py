@@ -166,3 +166,32 @@ def test_tiled_close_to_untiled_for_a_tiny_serpent():
     # Selective scans see the whole tile, so tiles differ from the whole image; the blend keeps
     # it small (measured max 5e-5 at overlap 16 and 8e-7 at 24 for this untrained net).
     assert np.abs(full - restore_image(net, img, tile=32, tile_overlap=16)).max() < 1e-3
+
+
+def test_self_ensemble_is_the_mean_over_the_8_symmetries():
+    # odd, not square; values kept off 0 and 1, so no output is clipped (the ensemble clips the mean)
+    img = 0.3 + 0.4 * np.random.default_rng(2).random((37, 53, 3), dtype=np.float32)
+    net = Down4Net()  # not equivariant, and needs padding to a multiple of 4
+    expected = np.zeros_like(img)
+    for transpose in (False, True):
+        for k in range(4):  # numpy on H x W x C, independent of the torch implementation
+            v = np.rot90(img.transpose(1, 0, 2) if transpose else img, k)
+            y = np.rot90(restore_image(net, np.ascontiguousarray(v)), -k)
+            expected += y.transpose(1, 0, 2) if transpose else y
+    expected /= 8
+    out = restore_image(net, img, self_ensemble=True)
+    assert out.shape == img.shape and 0 < out.min() and out.max() < 1
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert np.abs(out - restore_image(net, img)).max() > 1e-3  # it does change a non-equivariant net
+    tiled = restore_image(net, img, self_ensemble=True, tile=32, tile_overlap=16)
+    assert tiled.shape == img.shape
+
+
+def test_self_ensemble_cli(tmp_path, ckpt):
+    src = tmp_path / 'in.png'
+    cv2.imwrite(str(src), cv2.resize(skdata.astronaut(), (45, 31)))
+    assert main(['--net', SPEC, '--model', ckpt, '-i', str(src), '-o', str(tmp_path / 'a.png')]) == 0
+    assert main(['--net', SPEC, '--model', ckpt, '-i', str(src), '-o', str(tmp_path / 'b.png'),
+                 '--self-ensemble']) == 0
+    a, b = (cv2.imread(str(tmp_path / n)) for n in ('a.png', 'b.png'))
+    assert a.shape == b.shape == (31, 45, 3) and not np.array_equal(a, b)
