@@ -22,7 +22,7 @@ import os.path as osp
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -86,7 +86,7 @@ def restore_image(net: 'torch.nn.Module', img: np.ndarray, tile: Optional[int] =
             for p in planes:
                 t = torch.from_numpy(np.ascontiguousarray(p.transpose(2, 0, 1)))[None].to(dev)
                 run = lambda v: _run_tiled(net, v, tile, tile_overlap, int(multiple))  # noqa: E731
-                y = _ensemble(run, t) if self_ensemble else run(t)
+                y = geometric_self_ensemble(run, t) if self_ensemble else run(t)
                 outs.append(y[0].permute(1, 2, 0).cpu().numpy())
     finally:
         net.train(was_training)
@@ -103,9 +103,10 @@ def restore_image(net: 'torch.nn.Module', img: np.ndarray, tile: Optional[int] =
     return _from_float(np.clip(y, 0.0, 1.0), dtype)
 
 
-def _ensemble(run, x):
-    """Mean of run(x) over the 8 symmetries of the square (k quarter turns, with or without a
-    transpose), each output mapped back by the inverse transform."""
+def geometric_self_ensemble(run: Callable[['torch.Tensor'], 'torch.Tensor'], x: 'torch.Tensor') -> 'torch.Tensor':
+    """The x8 geometric self-ensemble of `run` on an N x C x H x W batch: the mean of run(x) over
+    the 8 symmetries of the square (k quarter turns, with or without a transpose), each output
+    mapped back by the inverse transform (H and W may differ; SR outputs work too)."""
     total = 0
     for transpose in (False, True):
         v = x.transpose(2, 3) if transpose else x

@@ -186,3 +186,32 @@ def test_gan_variants_train_and_log_images(tmp_path, model_type):
     writer.close()
     tags = _events(tmp_path / 'tb')
     assert tags['images'] == ['val_images/gan_val/coffee'] and 'metrics/gan_val/psnr' in tags['scalars']
+
+
+@pytest.mark.parametrize('ema', [False, True])
+def test_val_self_ensemble_outputs_the_mean_over_8_symmetries(ema):
+    from basicsr.models import build_model
+    net = dict(type='SRVGGNetCompact', num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=1)
+    opt = dict(name='se', model_type='RestorationModel', scale=1, num_gpu=0, is_train=False, dist=False,
+               network_g=net, path=dict(pretrain_network_g=None, strict_load_g=True),
+               val=dict(self_ensemble=True, metrics=None))
+    model = build_model(opt)
+    if ema:
+        model.net_g_ema = model.net_g  # what BasicSR's EMA copy looks like to test()
+    lq = torch.rand(1, 3, 12, 20)
+    model.feed_data({'lq': lq})
+    model.test()
+    with torch.no_grad():
+        outs = []
+        for t in (False, True):
+            for k in range(4):
+                v = torch.rot90(lq.transpose(2, 3) if t else lq, k, (2, 3))
+                y = torch.rot90(model.net_g(v), -k, (2, 3))
+                outs.append(y.transpose(2, 3) if t else y)
+        expected = torch.stack(outs).mean(0)
+        plain = model.net_g(lq)
+    torch.testing.assert_close(model.output, expected, atol=1e-6, rtol=0)
+    assert (model.output - plain).abs().max() > 1e-4  # the net is not equivariant: it matters
+    model.opt['val']['self_ensemble'] = False
+    model.test()
+    torch.testing.assert_close(model.output, plain)

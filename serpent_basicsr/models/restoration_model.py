@@ -8,6 +8,8 @@ Beyond BasicSR, at every validation these models
 - compute LPIPS when a `val.metrics` entry has `type: calculate_lpips` (alias `lpips`) and
   the `lpips` package and its weights are already on disk. Otherwise the entry is dropped
   with one warning line ("LPIPS skipped: ...") and training goes on: nothing is downloaded.
+With `val.self_ensemble: true` the outputs of validation and `basicsr test` are the x8
+geometric self-ensemble (mean over the 8 flips/rotations; 8x the time).
 
 Everything else (PSNR/SSIM through `val.metrics`, EMA, checkpoints, resume) is BasicSR's own.
 TensorBoard is only on when `logger.use_tb_logger` is true and the experiment name does not
@@ -30,6 +32,8 @@ from basicsr.models.srgan_model import SRGANModel
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
+
+from ..inference import geometric_self_ensemble
 
 LPIPS_TYPES = ('calculate_lpips', 'lpips')
 # torchvision weights each LPIPS backbone loads (lpips builds them with pretrained=True).
@@ -133,6 +137,19 @@ class RestorationMonitorMixin:
         names = ['lr'] if len(lrs) == 1 else ['lr_g', 'lr_d'] if len(lrs) == 2 else [f'lr_{i}' for i in range(len(lrs))]
         log.update({n: float(v) for n, v in zip(names, lrs)})
         return log
+
+    # -- `val: {self_ensemble: true}`: validation / `basicsr test` outputs are the x8 self-ensemble.
+    def test(self) -> None:
+        if not (self.opt.get('val') or {}).get('self_ensemble'):
+            return super().test()
+        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                self.output = geometric_self_ensemble(net, self.lq)
+        finally:
+            net.train(was_training)
 
     # -- image panel: BasicSR calls feed_data / test / get_current_visuals once per image.
     def feed_data(self, data: Dict[str, Any]) -> None:
