@@ -61,9 +61,8 @@ def stage_breakdown(opt: Dict[str, Any], reps: int) -> Dict[str, float]:
         img = ds.load_gt(idx)
         times['read_decode'].append(time.perf_counter() - t)
         t = time.perf_counter()
-        # as __getitem__: the crop with its surroundings (crop_context), blurred whole, then cut out
-        margin = ds.degradation.context_margin() if ds.crop_context else 0
-        region, (top, left, size) = ds.crop_in_context(img, rng, ds.paths[idx], margin)
+        # as __getitem__: the crop with its surroundings (none without crop_context), blurred whole, cut out
+        region, (top, left, size) = ds.crop_in_context(img, rng, ds.paths[idx], ds.context_margin)
         gt = region[top:top + size, left:left + size]
         times['crop_augment'].append(time.perf_counter() - t)
         t = time.perf_counter()

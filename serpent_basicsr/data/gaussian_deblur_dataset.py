@@ -184,6 +184,8 @@ class DegradationDataset(data.Dataset):
         self.crop_context = opt.get('crop_context', False)
         if not isinstance(self.crop_context, bool):
             raise ValueError(f'crop_context: expected true or false, got {self.crop_context!r}')
+        # train: pixels of surroundings degraded with each crop (0: the crop alone)
+        self.context_margin = self.degradation.context_margin() if self.crop_context else 0
         self.mean, self.std = opt.get('mean'), opt.get('std')
         color = str(opt.get('color', 'rgb')).lower()
         if color != 'rgb':
@@ -312,9 +314,8 @@ class DegradationDataset(data.Dataset):
     def __getitem__(self, index: int) -> Dict[str, Any]:
         path = self.paths[index]
         rng = self.rng_for(index)
-        if self.phase == 'train' and self.crop_context:
-            region, (top, left, size) = self.crop_in_context(self.load_gt(index), rng, path,
-                                                             self.degradation.context_margin())
+        if self.phase == 'train':
+            region, (top, left, size) = self.crop_in_context(self.load_gt(index), rng, path, self.context_margin)
             gt = np.ascontiguousarray(region[top:top + size, left:left + size])
             out = self.degradation(region, rng, crop=(top, left, size))
         else:
