@@ -20,15 +20,20 @@ def test_kernel_harness_builds_checks_and_times(tmp_path):
     # -O1: builds in about a minute (-O3, for timing, takes a few); the check is the same code
     subprocess.run([CXX, '-O1', '-std=c++20', '-I', str(REPO / 'serpent_basicsr/ops/csrc'),
                     str(REPO / 'bench/scan/kernel_harness.cpp'), '-o', str(exe)], check=True, capture_output=True)
-    check = subprocess.run([str(exe), '--check'], capture_output=True, text=True)
-    assert check.returncode == 0 and check.stdout.strip().endswith('check ok'), check.stdout
-    # every state-size path (N 1, 5, 16, 40) in float and double, each with 8 compared outputs
-    assert len(re.findall(r'^(float|double) ', check.stdout, re.M)) == 24
-    timed = subprocess.run([str(exe), '130', '1'], capture_output=True, text=True, check=True).stdout
-    assert re.search(r'^forward  L 130: best of 1 [0-9.]+ ms', timed, re.M)
-    assert re.search(r'^backward L 130: best of 1 [0-9.]+ ms', timed, re.M)
+    # each instruction set (capped at what this CPU has: the header line says which ran)
+    for isa in ('generic', 'avx2', 'avx512'):
+        check = subprocess.run([str(exe), '--isa', isa, '--check'], capture_output=True, text=True)
+        assert check.returncode == 0 and check.stdout.strip().endswith('check ok'), check.stdout
+        assert re.match(r'isa (generic|avx2|avx512) ', check.stdout)
+        # every state-size path (N 1, 5, 16, 32, 40, 48, 64, 80) in float and double, 8 outputs each
+        assert len(re.findall(r'^(float|double) ', check.stdout, re.M)) == 48
+        timed = subprocess.run([str(exe), '--isa', isa, '130', '1'], capture_output=True, text=True, check=True).stdout
+        assert re.search(r'^forward  L 130: best of 1 [0-9.]+ ms', timed, re.M)
+        assert re.search(r'^backward L 130: best of 1 [0-9.]+ ms', timed, re.M)
     bad = subprocess.run([str(exe), '0'], capture_output=True, text=True)
     assert bad.returncode == 2 and 'usage' in bad.stderr
+    bad = subprocess.run([str(exe), '--isa', 'avx9', '100'], capture_output=True, text=True)
+    assert bad.returncode == 2 and '--isa' in bad.stderr
 
 
 @pytest.mark.skipif(CXX is None, reason='no C++ compiler')
@@ -36,7 +41,8 @@ def test_kernel_harness_timing_only_build(tmp_path):
     exe = tmp_path / 'kernel_harness_timing'
     subprocess.run([CXX, '-O1', '-std=c++20', '-DTIMING_ONLY', '-I', str(REPO / 'serpent_basicsr/ops/csrc'),
                     str(REPO / 'bench/scan/kernel_harness.cpp'), '-o', str(exe)], check=True, capture_output=True)
-    timed = subprocess.run([str(exe), '70', '1'], capture_output=True, text=True, check=True).stdout
-    assert re.search(r'^backward L 70: best of 1 [0-9.]+ ms', timed, re.M)
+    for isa in ('generic', 'avx2', 'avx512'):
+        timed = subprocess.run([str(exe), '--isa', isa, '70', '1'], capture_output=True, text=True, check=True).stdout
+        assert re.search(r'^backward L 70: best of 1 [0-9.]+ ms', timed, re.M)
     refused = subprocess.run([str(exe), '--check'], capture_output=True, text=True)
     assert refused.returncode == 2 and 'TIMING_ONLY' in refused.stderr

@@ -170,22 +170,85 @@ def test_low_precision_inputs(backend, dtype):
     assert inputs['u'].grad.dtype == dtype and torch.isfinite(inputs['u'].grad.float()).all()
 
 
-@pytest.mark.skipif('cpu' not in CPU_BACKENDS, reason='compiled CPU kernel not built')
-def test_cpu_kernel_portable_path_matches_simd_path():
+def _cpu_isas():
+    """The kernel's instruction sets this CPU can run (the portable one always)."""
     from serpent_basicsr.ops import cpu_scan
     ext = cpu_scan.load()
+    return [isa for isa in ('generic', 'avx2', 'avx512') if ext is not None and ext.has_isa(isa)]
+
+
+@pytest.mark.skipif('cpu' not in CPU_BACKENDS, reason='compiled CPU kernel not built')
+@pytest.mark.parametrize('n', [16, 32, 8, 24, 64, 80])  # AVX-512: 1, 2 vectors, not a multiple of 16, 4, runtime 5
+def test_cpu_kernel_isas_agree(n):
+    """Every SIMD path this CPU has gives the portable path's outputs and gradients, in the plain and
+    the cross (SS2D) layouts. With AVX-512, float states in whole 16-lane vectors take its kernels and
+    the other sizes (and float64) the AVX2 ones, so both sides of that choice are covered."""
+    from serpent_basicsr.ops import cpu_scan, cross_selective_scan
+    ext = cpu_scan.load()
+
+    def cross(dtype):
+        g = torch.Generator().manual_seed(n)
+        k, d, h, w, r = 4, 6, 9, 11, 3
+        f = dict(generator=g, dtype=torch.float64)
+        leaves = [t.to(dtype).requires_grad_() for t in (
+            torch.randn(1, h * w, d, **f), torch.randn(1, h * w, k, r + 2 * n, **f), 0.5 * torch.randn(k * d, r, **f),
+            -0.2 - torch.rand(k * d, n, **f), torch.randn(k * d, **f), torch.randn(k * d, **f) - 2)]
+        x, rows, weight, a, skip, bias = leaves
+        y = cross_selective_scan(x, rows.transpose(1, 2), weight, a, h, w, D=skip, delta_bias=bias, backend='cpu')
+        dy = torch.randn(y.shape, **f).to(dtype)
+        return [y] + list(torch.autograd.grad(y, leaves, dy))
+
     results = {}
-    for isa in ('generic', 'auto'):
+    for isa in _cpu_isas():
         ext.set_isa(isa)
         try:
             for dtype in (torch.float32, torch.float64):
-                inputs = make_inputs(21, batch=1, dim=8, n=16, length=70, groups=2, dtype=dtype)
-                results[isa, dtype] = run(lambda **kw: selective_scan(**kw, backend='cpu'), inputs)
+                inputs = make_inputs(21, batch=1, dim=8, n=n, length=150, groups=2, dtype=dtype)
+                results[isa, dtype] = (run(lambda **kw: selective_scan(**kw, backend='cpu'), inputs), cross(dtype))
         finally:
             ext.set_isa('auto')
-    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
-        for key, want in results['generic', dtype].items():
-            torch.testing.assert_close(results['auto', dtype][key], want, rtol=tol, atol=tol)
+    for isa in _cpu_isas()[1:]:
+        for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-12)):
+            (plain, crossed), (want_plain, want_cross) = results[isa, dtype], results['generic', dtype]
+            for key, want in want_plain.items():
+                torch.testing.assert_close(plain[key], want, rtol=tol, atol=tol, msg=lambda m: f'{isa} {key}: {m}')
+            for i, (got, want) in enumerate(zip(crossed, want_cross)):
+                torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=lambda m: f'{isa} cross {i}: {m}')
+
+
+@pytest.mark.skipif('cpu' not in CPU_BACKENDS, reason='compiled CPU kernel not built')
+def test_cpu_isa_choice_and_refusals():
+    from serpent_basicsr.ops import cpu_scan
+    ext = cpu_scan.load()
+    names = {'generic': 'generic', 'avx2': 'avx2', 'avx512': 'avx512'}
+    try:
+        for isa, prefix in names.items():
+            if ext.has_isa(isa):
+                ext.set_isa(isa)
+                assert ext.isa().startswith(prefix)
+            else:
+                with pytest.raises(RuntimeError, match='lacks'):
+                    ext.set_isa(isa)
+        with pytest.raises(RuntimeError, match="isa must be"):
+            ext.set_isa('sse9')
+        ext.set_isa('auto')
+        assert ext.isa().startswith(_cpu_isas()[-1])  # auto = the widest this CPU has
+    finally:
+        ext.set_isa('auto')
+
+
+@pytest.mark.skipif('cpu' not in CPU_BACKENDS, reason='compiled CPU kernel not built')
+def test_cpu_isa_environment_variable():
+    """SERPENT_CPU_ISA caps the instruction set; a bad value is an error that names the variable."""
+    import subprocess
+    import sys
+    code = 'from serpent_basicsr.ops import backend_summary; print(backend_summary())'
+    env = dict(__import__('os').environ, SERPENT_CPU_ISA='generic')
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and 'generic (sse2)' in out.stdout, out.stderr
+    env['SERPENT_CPU_ISA'] = 'avx1024'
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "SERPENT_CPU_ISA='avx1024'" in out.stderr
 
 
 @pytest.mark.skipif('cpu' not in CPU_BACKENDS, reason='compiled CPU kernel not built')

@@ -55,13 +55,22 @@ def make_inputs(shape, dtype, requires_grad):
     return {k: v.to(dtype).requires_grad_(requires_grad) for k, v in x.items()}
 
 
+def split_backend(name: str):
+    """'cpu[avx2]' -> ('cpu', 'avx2'): the cpu backend with its instruction set capped; 'cpu' -> ('cpu', '')."""
+    backend, _, isa = name.partition('[')
+    return backend, isa.rstrip(']')
+
+
 def child(spec: dict) -> dict:
     """One measurement in this (fresh) process."""
+    backend, isa = split_backend(spec['backend'])
+    if isa:
+        os.environ['SERPENT_CPU_ISA'] = isa  # read when the kernel loads
     import torch
     sys.path.insert(0, str(ROOT))
     torch.set_num_threads(spec['threads'])
     from serpent_basicsr.ops import selective_scan
-    shape, backend, mode = tuple(spec['shape']), spec['backend'], spec['mode']
+    shape, mode = tuple(spec['shape']), spec['mode']
     grad = mode == 'fwd+bwd'
     x = make_inputs(shape, torch.float32, grad)
 
@@ -184,7 +193,18 @@ def to_markdown(res: dict) -> str:
         err = f"{r['rel_err']:.1e}" if 'rel_err' in r else '-'
         lines.append(f"| {r['shape_name']} | {r['mode']} | {r['backend']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | "
                      f"{r['peak_extra_mb']:.0f} | {err} | {speed} | {r['floor_ms']:.2f} | {r['x_floor']:.1f} |")
+    ratios = isa_ratios(res['rows'])
+    if ratios:
+        lines += ['', 'cpu (widest instruction set) vs the same kernels capped at another, same run (median, x faster): '
+                  + '; '.join(f'{k}: {v:.2f}x' for k, v in ratios.items())]
     return '\n'.join(lines) + '\n'
+
+
+def isa_ratios(rows) -> dict:
+    """Speed of the plain cpu rows over the cpu[isa] rows of the same shape and mode."""
+    med = {(r['shape_name'], r['mode'], r['backend']): r['median_ms'] for r in rows if 'error' not in r}
+    return {f"{name} {mode} vs {backend}": med[name, mode, backend] / med[name, mode, 'cpu']
+            for (name, mode, backend) in med if backend.startswith('cpu[') and (name, mode, 'cpu') in med}
 
 
 def main() -> None:
@@ -192,7 +212,9 @@ def main() -> None:
     ap.add_argument('--child', help=argparse.SUPPRESS)
     ap.add_argument('--ref64', help=argparse.SUPPRESS)
     ap.add_argument('--threads', type=int, default=2)
-    ap.add_argument('--backends', default='auto', help="comma list, or 'auto': every CPU backend + ref")
+    ap.add_argument('--backends', default='auto',
+                    help="comma list (cpu[avx2] / cpu[generic]: the cpu kernels capped at that instruction set), "
+                         "or 'auto': every CPU backend + ref, and cpu[avx2] where the CPU has AVX-512")
     ap.add_argument('--ref-max-length', type=int, default=4096,
                     help='skip the reference loop above this length (it is slow and large); 0 = never skip')
     ap.add_argument('--reps', type=int, default=5, help='timed calls per measurement (ref: at most 2)')
@@ -214,6 +236,9 @@ def main() -> None:
     shapes = [(2, 2, 8, 16, 300)] if args.quick else SHAPES
     if args.backends == 'auto':
         backends = [b for b in available_backends() if b in ('cpu', 'torch')] + ['ref']
+        from serpent_basicsr.ops import cpu_scan
+        if 'cpu' in backends and cpu_scan.load().has_isa('avx512'):
+            backends.insert(backends.index('cpu') + 1, 'cpu[avx2]')  # the AVX2 kernels, for the ratio
     else:
         backends = args.backends.split(',')
     out_dir = Path(args.out)

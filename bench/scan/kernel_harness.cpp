@@ -1,11 +1,12 @@
 // The CPU scan kernels alone, without torch: time them, or check them against a plain float64 loop.
 //
 //   g++ -O3 -std=c++20 -DTIMING_ONLY -I serpent_basicsr/ops/csrc bench/scan/kernel_harness.cpp -o /tmp/kh
-//   /tmp/kh [L] [reps]     # time forward (with checkpoints) and backward, one thread, best of reps
+//   /tmp/kh [--isa avx512|avx2|generic] [L] [reps]
+//                          # time forward (with checkpoints) and backward, one thread, best of reps
 //   g++ -O1 -std=c++20 -I serpent_basicsr/ops/csrc bench/scan/kernel_harness.cpp -o /tmp/khc
 //   /tmp/khc --check       # small shapes (every state-size path) against the float64 loop
 //
-// -DTIMING_ONLY builds only the kernels the timing runs (float, 16 states, AVX2 if the CPU has it):
+// -DTIMING_ONLY builds only the kernels the timing runs (float, 16 states, each instruction set):
 // seconds instead of the extension's minutes, so a change to selective_scan_cpu_kernels.h can be timed
 // at once: build the old and the new header into two binaries and run them alternately
 // (single runs on a shared machine move by 10-30%; compare the best of several). Timing shape: issue
@@ -75,22 +76,29 @@ template <typename T> struct Problem {
   }
 };
 
+// The widest instruction set to use (--isa; capped at what the CPU has, as in the extension).
+Isa g_want = Isa::avx512;
+
 // The kernels for this machine and state size (as the extension picks them; 0: runtime-sized).
 template <typename T> void run(const Args<T>& a, bool fwd) {
-  const bool v = cpu_has_avx2();
+  const Isa isa = isa_for<T>(best_isa(g_want), a.Np);
 #ifdef TIMING_ONLY
   if constexpr (std::is_same<T, float>::value) {
-    if (a.Np / VecT<T>::lanes == 2) {
-      (fwd ? (v ? fwd_avx2<T, 2> : fwd_generic<T, 2>) : (v ? bwd_avx2<T, 2> : bwd_generic<T, 2>))(a, 0);
+    if (a.Np == 16) {
+      if (isa == Isa::avx512) (fwd ? fwd_avx512<1> : bwd_avx512<1>)(a, 0);
+      else if (isa == Isa::avx2) (fwd ? fwd_avx2<T, 2> : bwd_avx2<T, 2>)(a, 0);
+      else (fwd ? fwd_generic<T, 2> : bwd_generic<T, 2>)(a, 0);
       return;
     }
   }
   std::fprintf(stderr, "built with -DTIMING_ONLY: float with 9-16 states only\n");
   std::exit(2);
 #else
-  pick_task<T>(fwd, int(a.Np / VecT<T>::lanes), v)(a, 0);
+  pick_task<T>(fwd, a.Np, isa)(a, 0);
 #endif
 }
+
+const char* isa_label(Isa isa) { return isa == Isa::avx512 ? "avx512" : isa == Isa::avx2 ? "avx2" : "generic"; }
 
 // The float64 loop: forward, then the adjoint recursion backwards in time.
 struct Reference {
@@ -177,13 +185,28 @@ template <typename T> bool check(int64_t G, int64_t cpg, int64_t N, int64_t L, d
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --isa NAME (first): the widest instruction set to use (default: the best this CPU has)
+  if (argc > 2 && std::string(argv[1]) == "--isa") {
+    const std::string name = argv[2];
+    if (name != "avx512" && name != "avx2" && name != "generic") {
+      std::fprintf(stderr, "--isa must be avx512, avx2 or generic\n");
+      return 2;
+    }
+    g_want = name == "avx512" ? Isa::avx512 : name == "avx2" ? Isa::avx2 : Isa::generic;
+    argc -= 2;
+    argv += 2;
+  }
   if (argc > 1 && std::string(argv[1]) == "--check") {
 #ifdef TIMING_ONLY
     std::fprintf(stderr, "built with -DTIMING_ONLY: build without it for --check\n");
     return 2;
 #else
     bool ok = true;
-    for (int64_t N : {1, 5, 16, 40})  // 1-4 state vectors (compile-time paths) and 40 (runtime-sized)
+    std::printf("isa %s (float with 16 or 32 states), %s (other states, double)\n",
+                isa_label(isa_for<float>(best_isa(g_want), 16)), isa_label(isa_for<double>(best_isa(g_want), 16)));
+    // 1-4 state vectors of 8 floats (compile-time paths), 40 (runtime-sized); 16, 32, 48, 64 and 80
+    // fill 1-5 AVX-512 vectors (compile-time 1-4 and runtime-sized)
+    for (int64_t N : {1, 5, 16, 32, 40, 48, 64, 80})
       for (int64_t L : {1, 63, 150}) {
         ok = check<float>(2, 3, N, L, 2e-4) && ok;
         ok = check<double>(2, 3, N, L, 1e-10) && ok;
@@ -195,9 +218,10 @@ int main(int argc, char** argv) {
   const int64_t L = argc > 1 ? std::atol(argv[1]) : 4096;
   const int reps = argc > 2 ? std::atoi(argv[2]) : 5;
   if (L < 1 || reps < 1) {
-    std::fprintf(stderr, "usage: %s [L >= 1] [reps >= 1] | --check\n", argv[0]);
+    std::fprintf(stderr, "usage: %s [--isa avx512|avx2|generic] [L >= 1] [reps >= 1] | --check\n", argv[0]);
     return 2;
   }
+  std::printf("isa %s\n", isa_label(isa_for<float>(best_isa(g_want), 16)));
   Problem<float> p(4, 96, 16, L, 1);
   const Args<float> a = p.args();
   const double steps = double(p.dim) * L;

@@ -6,6 +6,7 @@ chunk by chunk from those checkpoints, so no (batch, dim, L, N) tensor is ever k
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 from typing import Optional, Tuple, Union
 
@@ -18,17 +19,37 @@ _EXT: Optional[ModuleType] = None
 _ERROR: Optional[str] = None
 _TRIED = False
 
+ISA_ENV = 'SERPENT_CPU_ISA'
+ISAS = ('auto', 'avx512', 'avx2', 'generic')  # widest first; 'auto' = the widest this CPU has
+
+
+def _apply_isa_env(ext: ModuleType) -> None:
+    """SERPENT_CPU_ISA caps the kernel's instruction set (to compare paths, or to work around a
+    machine where one misbehaves); a value that is not one of ISAS, or one this CPU lacks, raises."""
+    isa = os.environ.get(ISA_ENV, '').strip().lower()
+    if not isa:
+        return
+    if isa not in ISAS:
+        raise ValueError(f'{ISA_ENV}={os.environ[ISA_ENV]!r}: expected one of {", ".join(ISAS)}')
+    if isa != 'auto' and not ext.has_isa(isa):
+        raise RuntimeError(f'{ISA_ENV}={isa}: this CPU cannot run the {isa} kernels '
+                           f'(it has: {", ".join(i for i in ISAS[1:] if ext.has_isa(i))})')
+    ext.set_isa(isa)
+
 
 def load() -> Optional[ModuleType]:
     """The compiled extension, or None (the reason is in `load_error()`)."""
     global _EXT, _ERROR, _TRIED
     if not _TRIED:
-        _TRIED = True
         try:
-            _EXT = importlib.import_module('serpent_basicsr.ops._scan_cpu')
+            ext = importlib.import_module('serpent_basicsr.ops._scan_cpu')
         except ImportError as exc:  # not built, or built against another torch
             _ERROR = (f'the compiled kernel serpent_basicsr.ops._scan_cpu does not import ({exc}); '
                       'build it with `python setup.py build_ext --inplace` or reinstall the package')
+        else:
+            _apply_isa_env(ext)  # raises on a bad value, and again at the next call
+            _EXT = ext
+        _TRIED = True
     return _EXT
 
 

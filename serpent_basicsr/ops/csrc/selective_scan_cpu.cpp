@@ -33,9 +33,10 @@
 // transpose-add instead of a horizontal sum per step). The next channel's u/delta/z/y slices are
 // prefetched (L floats apart: the hardware prefetcher misses them).
 //
-// SIMD: the kernels use GCC vector extensions (32-byte vectors) and live in
-// selective_scan_cpu_kernels.h, compiled twice: SSE2 (namespace generic) and AVX2+FMA (namespace
-// avx2, `#pragma GCC target`); the choice is made at run time (no -march=native needed). float uses
+// SIMD: the kernels use GCC vector extensions and live in selective_scan_cpu_kernels.h, compiled
+// three times: SSE2 (namespace generic, 32-byte vectors), AVX2+FMA (namespace avx2) and AVX-512
+// (namespace avx512: 64-byte float vectors, used for float states in whole 16-lane vectors), each
+// under `#pragma GCC target`; the choice is made at run time (no -march=native needed). float uses
 // polynomial exps that vectorise (the decay in base 2 with A pre-scaled by log2(e), rel. error
 // ~2e-7); double calls std::exp per lane (float64 is the exact-test path, not a speed path).
 #include <torch/extension.h>
@@ -48,14 +49,11 @@
 
 namespace {
 
-std::string g_isa = "auto";  // "auto", "avx2" or "generic" (tests force the portable path)
+// The widest instruction set allowed: "auto" (= avx512), "avx512", "avx2" or "generic" (tests and
+// benchmarks force the narrower paths); best_isa caps it at what the CPU has.
+Isa g_isa = Isa::avx512;
 
-bool use_avx2() {
-  if (g_isa == "generic") return false;
-  return cpu_has_avx2();
-}
-
-template <typename T> TaskFn<T> pick(bool fwd, int nb) { return pick_task<T>(fwd, nb, use_avx2()); }
+template <typename T> TaskFn<T> pick(bool fwd, int64_t Np) { return pick_task<T>(fwd, Np, best_isa(g_isa)); }
 
 // ---- host side ------------------------------------------------------------------------------
 bool opt_ptr_check(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
@@ -222,7 +220,7 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const c10::optional<at::Te
     if (L == 0) return;
     a.y = y.data_ptr<scalar_t>(); a.last = last.data_ptr<scalar_t>();
     a.ckpt = want_ckpt ? ckpt.data_ptr<scalar_t>() : nullptr;
-    run_tasks(a, pick<scalar_t>(true, int(a.Np / VecT<scalar_t>::lanes)));
+    run_tasks(a, pick<scalar_t>(true, a.Np));
   });
   return {y, last, ckpt};
 }
@@ -282,7 +280,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const c10::optional<at::Te
       a.dA_part = dA_part.data_ptr<scalar_t>(); a.dD_part = dD_part.data_ptr<scalar_t>();
       a.dbias_part = db_part.data_ptr<scalar_t>();
       a.dWdt_part = cross ? dW_part.data_ptr<scalar_t>() : nullptr;
-      run_tasks(a, pick<scalar_t>(false, int(a.Np / VecT<scalar_t>::lanes)));
+      run_tasks(a, pick<scalar_t>(false, a.Np));
     }
     dB = a.P == 1 ? part.squeeze(0) : part.sum(0);
     if (!cross) dC = a.P == 1 ? partC.squeeze(0) : partC.sum(0);
@@ -295,13 +293,22 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const c10::optional<at::Te
   return {du, ddelta, dA, dB, dC, dD, dz, dbias, dWdt};
 }
 
-std::string isa_name() { return use_avx2() ? "avx2+fma" : "generic (sse2)"; }
+// The path float32 calls with d_state 16 take (what a Serpent model runs); with AVX-512, float
+// states that do not fill 16-lane vectors and float64 run the AVX2 kernels.
+std::string isa_name() {
+  switch (best_isa(g_isa)) {
+    case Isa::avx512: return "avx512 (float, d_state a multiple of 16; else avx2+fma)";
+    case Isa::avx2: return "avx2+fma";
+    default: return "generic (sse2)";
+  }
+}
 
 void set_isa(const std::string& isa) {
-  TORCH_CHECK(isa == "auto" || isa == "generic" || isa == "avx2",
-              "selective_scan cpu backend: isa must be 'auto', 'generic' or 'avx2', got '", isa, "'");
+  TORCH_CHECK(isa == "auto" || isa == "generic" || isa == "avx2" || isa == "avx512",
+              "selective_scan cpu backend: isa must be 'auto', 'avx512', 'avx2' or 'generic', got '", isa, "'");
   TORCH_CHECK(isa != "avx2" || cpu_has_avx2(), "selective_scan cpu backend: this CPU lacks AVX2/FMA");
-  g_isa = isa;
+  TORCH_CHECK(isa != "avx512" || cpu_has_avx512(), "selective_scan cpu backend: this CPU lacks AVX-512 (F, VL, DQ)");
+  g_isa = isa == "generic" ? Isa::generic : isa == "avx2" ? Isa::avx2 : Isa::avx512;
 }
 
 }  // namespace
@@ -310,7 +317,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fwd", &scan_fwd, "selective scan forward: (y, last_state, checkpoints)");
   m.def("bwd", &scan_bwd, "selective scan backward: (du, ddelta, dA, dB or drows, dC, dD, dz, ddelta_bias, dWdt)");
   m.def("isa", &isa_name, "SIMD code path in use");
-  m.def("set_isa", &set_isa, "force the SIMD path: 'auto', 'avx2' or 'generic'");
+  m.def("set_isa", &set_isa, "force the SIMD path: 'auto', 'avx512', 'avx2' or 'generic'");
+  m.def("has_isa", [](const std::string& isa) {
+    return isa == "generic" || (isa == "avx2" && cpu_has_avx2()) || (isa == "avx512" && cpu_has_avx512());
+  }, "whether this CPU can run that SIMD path");
   m.def("chunk_size", []() { return kChunk; }, "time steps between state checkpoints");
   m.def("num_threads", []() { return at::get_num_threads(); }, "threads at::parallel_for uses");
 }

@@ -1,19 +1,28 @@
-// Selective scan kernels, included twice by selective_scan_cpu.cpp: once in namespace `generic`
-// (portable SSE2 code) and once in namespace `avx2` under `#pragma GCC target("avx2,fma")`, so the
-// same source compiles to both instruction sets and the choice is made at run time. SS_AVX2 tells
-// which. No include guard (on purpose) and no #include: everything it needs comes from the .cpp.
+// Selective scan kernels, included three times by selective_scan_cpu_tasks.h: in namespace `generic`
+// (portable SSE2 code), in namespace `avx2` under `#pragma GCC target("avx2,fma")` and in namespace
+// `avx512` (float vectors of 16 lanes: vf, vi32, vu32 and VecT are that namespace's), so the same
+// source compiles to each instruction set and the choice is made at run time. SS_AVX2 / SS_AVX512
+// tell which. No include guard (on purpose) and no #include: everything it needs comes from the
+// tasks header.
 
 // Broadcast. Defined here, not in the .cpp, so that it is compiled for each instruction set: GCC
 // lowers 32-byte vector code of a function compiled without AVX into 16-byte halves before
 // inlining, and a splat from the .cpp became 8 vinsertps + vinsertf128 inside the AVX2 kernels
 // (a third of the forward's recursion); here it is one vbroadcastss / vbroadcastsd.
 template <typename V, typename T> SS_INLINE V vsplat(T x);
+#if SS_AVX512
+template <> SS_INLINE vf vsplat<vf, float>(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+#else
 template <> SS_INLINE vf vsplat<vf, float>(float x) { return vf{x, x, x, x, x, x, x, x}; }
+#endif
 template <> SS_INLINE vd vsplat<vd, double>(double x) { return vd{x, x, x, x}; }
 
 // max / min: GCC compiles the `a > b ? a : b` form to compare + blend; the AVX2 build uses vmaxps.
 // Like vmaxps / vminps, a NaN in either operand returns the second: put x second to keep NaN.
-#if SS_AVX2
+#if SS_AVX512  // (the last two arguments: no mask, the current rounding mode)
+SS_INLINE vf vmax(vf a, vf b) { return __builtin_ia32_maxps512_mask(a, b, a, -1, 4); }
+SS_INLINE vf vmin(vf a, vf b) { return __builtin_ia32_minps512_mask(a, b, a, -1, 4); }
+#elif SS_AVX2
 SS_INLINE vf vmax(vf a, vf b) { return __builtin_ia32_maxps256(a, b); }
 SS_INLINE vf vmin(vf a, vf b) { return __builtin_ia32_minps256(a, b); }
 #else
@@ -121,10 +130,11 @@ constexpr int kInterleave = 4;  // K for the math over time steps (4 vectors: 32
 // Row sums of a (rows, W) block (W = SIMD lanes): out[i] = sum of row i. Instead of one horizontal
 // sum per row (a shuffle/add chain per time step), W rows at a time are transposed and added with
 // two-operand shuffles: 7 adds and 14 shuffles per 8 float rows. Rows past `rows` must be readable.
-SS_INLINE vf sum_rows8(const float* p) {
-  vf v[8];
-  for (int i = 0; i < 8; ++i) v[i] = vload<vf>(p + 8 * i);
-  vf s[4], q[2];
+SS_INLINE vf8 sum_rows8(const float* p) {
+  typedef vi32x8 vi32;
+  vf8 v[8];
+  for (int i = 0; i < 8; ++i) v[i] = vload<vf8>(p + 8 * i);
+  vf8 s[4], q[2];
   for (int i = 0; i < 4; ++i)
     s[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], vi32{0, 8, 2, 10, 4, 12, 6, 14}) +
            __builtin_shuffle(v[2 * i], v[2 * i + 1], vi32{1, 9, 3, 11, 5, 13, 7, 15});
@@ -134,6 +144,25 @@ SS_INLINE vf sum_rows8(const float* p) {
   return __builtin_shuffle(q[0], q[1], vi32{0, 1, 2, 3, 8, 9, 10, 11}) +
          __builtin_shuffle(q[0], q[1], vi32{4, 5, 6, 7, 12, 13, 14, 15});
 }
+#if SS_AVX512
+// The same for 16 rows of 16 lanes: four rounds (pairs of lanes, 4- and 8-lane groups, halves),
+// 15 adds and 30 shuffles per 16 rows.
+SS_INLINE vf sum_rows16(const float* p) {
+  vf v[16], s[8], q[4], o[2];
+  for (int i = 0; i < 16; ++i) v[i] = vload<vf>(p + 16 * i);
+  for (int i = 0; i < 8; ++i)
+    s[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], vi32{0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}) +
+           __builtin_shuffle(v[2 * i], v[2 * i + 1], vi32{1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31});
+  for (int i = 0; i < 4; ++i)
+    q[i] = __builtin_shuffle(s[2 * i], s[2 * i + 1], vi32{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29}) +
+           __builtin_shuffle(s[2 * i], s[2 * i + 1], vi32{2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31});
+  for (int i = 0; i < 2; ++i)
+    o[i] = __builtin_shuffle(q[2 * i], q[2 * i + 1], vi32{0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27}) +
+           __builtin_shuffle(q[2 * i], q[2 * i + 1], vi32{4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31});
+  return __builtin_shuffle(o[0], o[1], vi32{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}) +
+         __builtin_shuffle(o[0], o[1], vi32{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
+}
+#endif
 SS_INLINE vd sum_rows4(const double* p) {
   vd v[4];
   for (int i = 0; i < 4; ++i) v[i] = vload<vd>(p + 4 * i);
@@ -142,7 +171,11 @@ SS_INLINE vd sum_rows4(const double* p) {
   return __builtin_shuffle(s0, s1, vi64{0, 1, 4, 5}) + __builtin_shuffle(s0, s1, vi64{2, 3, 6, 7});
 }
 SS_INLINE void row_sums(const float* rows, int n, float* out) {
+#if SS_AVX512
+  for (int t = 0; t < n; t += 16) vstore(out + t, sum_rows16(rows + t * 16));
+#else
   for (int t = 0; t < n; t += 8) vstore(out + t, sum_rows8(rows + t * 8));
+#endif
 }
 SS_INLINE void row_sums(const double* rows, int n, double* out) {
   for (int t = 0; t < n; t += 4) vstore(out + t, sum_rows4(rows + t * 4));
@@ -154,8 +187,9 @@ SS_INLINE int64_t pos_of(const int32_t* idx, int64_t t0, int t) { return idx ? i
 // 8 x 8 float transpose: row i of src (8 floats at src + i * ss) becomes column i of dst (row j at
 // dst + j * ds). Three rounds of two-operand shuffles (unpack, 64-bit pairs, 128-bit halves).
 SS_INLINE void transpose8(const float* src, int64_t ss, float* dst, int64_t ds) {
-  vf r[8], t[8], q[8];
-  for (int i = 0; i < 8; ++i) r[i] = vload<vf>(src + i * ss);
+  typedef vi32x8 vi32;
+  vf8 r[8], t[8], q[8];
+  for (int i = 0; i < 8; ++i) r[i] = vload<vf8>(src + i * ss);
   for (int i = 0; i < 4; ++i) {
     t[2 * i] = __builtin_shuffle(r[2 * i], r[2 * i + 1], vi32{0, 8, 1, 9, 4, 12, 5, 13});
     t[2 * i + 1] = __builtin_shuffle(r[2 * i], r[2 * i + 1], vi32{2, 10, 3, 11, 6, 14, 7, 15});

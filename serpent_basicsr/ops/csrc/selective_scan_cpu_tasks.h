@@ -1,6 +1,6 @@
 // Everything of the CPU selective scan that does not need torch: the SIMD types, the kernels'
-// arguments (Args), the kernels compiled for both instruction sets (selective_scan_cpu_kernels.h,
-// namespaces generic and avx2), the per-task entry points fwd_/bwd_{avx2,generic}<T, NB> and
+// arguments (Args), the kernels compiled for three instruction sets (selective_scan_cpu_kernels.h,
+// namespaces generic, avx2 and avx512), the per-task entry points fwd_/bwd_{generic,avx2,avx512} and
 // pick_task, which chooses one by state size and instruction set.
 // Included by selective_scan_cpu.cpp (the torch extension) and by bench/scan/kernel_harness.cpp
 // (the kernels alone, built with a plain g++, to time and check changes to them).
@@ -25,6 +25,9 @@ typedef double vd __attribute__((vector_size(32)));
 typedef int32_t vi32 __attribute__((vector_size(32)));
 typedef uint32_t vu32 __attribute__((vector_size(32)));
 typedef int64_t vi64 __attribute__((vector_size(32)));
+// 8 float lanes whatever the kernels' width (the 8 x 8 transposes of B/C blocks use them)
+typedef float vf8 __attribute__((vector_size(32)));
+typedef int32_t vi32x8 __attribute__((vector_size(32)));
 
 template <typename T> struct VecT;
 template <> struct VecT<float> { typedef vf type; static constexpr int lanes = 8; };
@@ -68,7 +71,9 @@ template <typename T> struct Args {
 
 namespace generic {
 #define SS_AVX2 0
+#define SS_AVX512 0
 #include "selective_scan_cpu_kernels.h"
+#undef SS_AVX512
 #undef SS_AVX2
 }  // namespace generic
 
@@ -76,14 +81,40 @@ namespace generic {
 #pragma GCC target("avx2,fma")
 namespace avx2 {
 #define SS_AVX2 1
+#define SS_AVX512 0
 #include "selective_scan_cpu_kernels.h"
+#undef SS_AVX512
 #undef SS_AVX2
 }  // namespace avx2
 #pragma GCC pop_options
 
+// AVX-512: float vectors of 16 lanes (one vector holds Serpent's 16 states: half the instructions
+// of the AVX2 kernels per step). These names shadow the global 8-lane ones inside the namespace;
+// double keeps the 4-lane vectors (float64 is the exact-test path, not a speed path).
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
+namespace avx512 {
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi32 __attribute__((vector_size(64)));
+typedef uint32_t vu32 __attribute__((vector_size(64)));
+template <typename T> struct VecT;
+template <> struct VecT<float> { typedef vf type; static constexpr int lanes = 16; };
+template <> struct VecT<double> { typedef vd type; static constexpr int lanes = 4; };
+#define SS_AVX2 1
+#define SS_AVX512 1
+#include "selective_scan_cpu_kernels.h"
+#undef SS_AVX512
+#undef SS_AVX2
+}  // namespace avx512
+#pragma GCC pop_options
+
 // ---- ISA dispatch ---------------------------------------------------------------------------
+enum class Isa { generic, avx2, avx512 };
+
 template <typename T, int NB> __attribute__((target("avx2,fma"))) void fwd_avx2(const Args<T>& a, int64_t t) { avx2::fwd_task<T, NB>(a, t); }
 template <typename T, int NB> __attribute__((target("avx2,fma"))) void bwd_avx2(const Args<T>& a, int64_t t) { avx2::bwd_task<T, NB>(a, t); }
+template <int NB> __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void fwd_avx512(const Args<float>& a, int64_t t) { avx512::fwd_task<float, NB>(a, t); }
+template <int NB> __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void bwd_avx512(const Args<float>& a, int64_t t) { avx512::bwd_task<float, NB>(a, t); }
 template <typename T, int NB> void fwd_generic(const Args<T>& a, int64_t t) { generic::fwd_task<T, NB>(a, t); }
 template <typename T, int NB> void bwd_generic(const Args<T>& a, int64_t t) { generic::bwd_task<T, NB>(a, t); }
 
@@ -93,16 +124,49 @@ bool cpu_has_avx2() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
 }
+// (libgcc's feature bits for AVX-512 include the OS's XSAVE support of the zmm state)
+bool cpu_has_avx512() {
+  static const bool ok = cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
+                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  return ok;
+}
 
-// The task function for a state of nb SIMD vectors (1-4 compiled for that size, else the
-// runtime-sized kernels) and the instruction set.
+// The best instruction set of this CPU, capped by `want` (tests and benchmarks force a lower one).
+Isa best_isa(Isa want) {
+  if (want == Isa::avx512 && cpu_has_avx512()) return Isa::avx512;
+  if (want != Isa::generic && cpu_has_avx2()) return Isa::avx2;
+  return Isa::generic;
+}
+
+// The instruction set a call with Np padded states (a multiple of VecT<T>::lanes = 8 float / 4
+// double) runs on: AVX-512 only for float states that fill whole 16-lane vectors (Np % 16 == 0:
+// 16 states, Serpent's default, or 32, ...), where it halves the work; otherwise AVX2.
+template <typename T> Isa isa_for(Isa isa, int64_t Np) {
+  if (isa == Isa::avx512 && !(std::is_same<T, float>::value && Np % 16 == 0)) return Isa::avx2;
+  return isa;
+}
+
+// The task function for Np padded states and an instruction set returned by isa_for: 1-4 SIMD
+// vectors compiled for that size, else the runtime-sized kernels.
 template <typename T>
-TaskFn<T> pick_task(bool fwd, int nb, bool avx2) {
+TaskFn<T> pick_task(bool fwd, int64_t Np, Isa isa) {
+  isa = isa_for<T>(isa, Np);
+  if constexpr (std::is_same<T, float>::value) {
+    if (isa == Isa::avx512) {
+#define SS_CASE(K) case K: return fwd ? fwd_avx512<K> : bwd_avx512<K>;
+      switch (Np / 16) {
+        SS_CASE(1) SS_CASE(2) SS_CASE(3) SS_CASE(4)
+        default: return fwd ? fwd_avx512<0> : bwd_avx512<0>;
+      }
+#undef SS_CASE
+    }
+  }
+  const bool avx = isa == Isa::avx2;
 #define SS_CASE(K) \
-  case K: return fwd ? (avx2 ? fwd_avx2<T, K> : fwd_generic<T, K>) : (avx2 ? bwd_avx2<T, K> : bwd_generic<T, K>);
-  switch (nb) {
+  case K: return fwd ? (avx ? fwd_avx2<T, K> : fwd_generic<T, K>) : (avx ? bwd_avx2<T, K> : bwd_generic<T, K>);
+  switch (Np / VecT<T>::lanes) {
     SS_CASE(1) SS_CASE(2) SS_CASE(3) SS_CASE(4)
-    default: return fwd ? (avx2 ? fwd_avx2<T, 0> : fwd_generic<T, 0>) : (avx2 ? bwd_avx2<T, 0> : bwd_generic<T, 0>);
+    default: return fwd ? (avx ? fwd_avx2<T, 0> : fwd_generic<T, 0>) : (avx ? bwd_avx2<T, 0> : bwd_generic<T, 0>);
   }
 #undef SS_CASE
 }
