@@ -217,6 +217,28 @@ def test_cpu_kernel_isas_agree(n):
 
 
 @pytest.mark.skipif('cpu' not in CPU_BACKENDS, reason='compiled CPU kernel not built')
+def test_cpu_forward_and_backward_on_different_isas():
+    """The forward's checkpoints do not depend on the SIMD path: a backward on another path (the
+    setting changed in between) gives the same gradients."""
+    from serpent_basicsr.ops import cpu_scan
+    ext = cpu_scan.load()
+    isas = _cpu_isas()
+    inputs = make_inputs(5, batch=1, dim=8, n=16, length=150, groups=2, dtype=torch.float32)
+    leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor)]
+    try:
+        ext.set_isa(isas[-1])
+        y = selective_scan(**inputs, backend='cpu')
+        want = torch.autograd.grad(y.sum(), leaves)
+        y = selective_scan(**inputs, backend='cpu')
+        ext.set_isa(isas[0])  # the portable path for the backward
+        got = torch.autograd.grad(y.sum(), leaves)
+    finally:
+        ext.set_isa('auto')
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif('cpu' not in CPU_BACKENDS, reason='compiled CPU kernel not built')
 def test_cpu_isa_choice_and_refusals():
     from serpent_basicsr.ops import cpu_scan
     ext = cpu_scan.load()
