@@ -242,12 +242,11 @@ def test_cpu_forward_and_backward_on_different_isas():
 def test_cpu_isa_choice_and_refusals():
     from serpent_basicsr.ops import cpu_scan
     ext = cpu_scan.load()
-    names = {'generic': 'generic', 'avx2': 'avx2', 'avx512': 'avx512'}
     try:
-        for isa, prefix in names.items():
+        for isa in ('generic', 'avx2', 'avx512'):
             if ext.has_isa(isa):
                 ext.set_isa(isa)
-                assert ext.isa().startswith(prefix)
+                assert ext.isa().startswith(isa)
             else:
                 with pytest.raises(RuntimeError, match='lacks'):
                     ext.set_isa(isa)
@@ -262,10 +261,11 @@ def test_cpu_isa_choice_and_refusals():
 @pytest.mark.skipif('cpu' not in CPU_BACKENDS, reason='compiled CPU kernel not built')
 def test_cpu_isa_environment_variable():
     """SERPENT_CPU_ISA caps the instruction set; a bad value is an error that names the variable."""
+    import os
     import subprocess
     import sys
     code = 'from serpent_basicsr.ops import backend_summary; print(backend_summary())'
-    env = dict(__import__('os').environ, SERPENT_CPU_ISA='generic')
+    env = dict(os.environ, SERPENT_CPU_ISA='generic')
     out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and 'generic (sse2)' in out.stdout, out.stderr
     env['SERPENT_CPU_ISA'] = 'avx1024'

@@ -98,8 +98,6 @@ template <typename T> void run(const Args<T>& a, bool fwd) {
 #endif
 }
 
-const char* isa_label(Isa isa) { return isa == Isa::avx512 ? "avx512" : isa == Isa::avx2 ? "avx2" : "generic"; }
-
 // The float64 loop: forward, then the adjoint recursion backwards in time.
 struct Reference {
   std::vector<double> y, du, ddelta, dA, dD, dbias, dB, dC;
@@ -187,12 +185,10 @@ template <typename T> bool check(int64_t G, int64_t cpg, int64_t N, int64_t L, d
 int main(int argc, char** argv) {
   // --isa NAME (first): the widest instruction set to use (default: the best this CPU has)
   if (argc > 2 && std::string(argv[1]) == "--isa") {
-    const std::string name = argv[2];
-    if (name != "avx512" && name != "avx2" && name != "generic") {
+    if (!parse_isa(argv[2], &g_want)) {
       std::fprintf(stderr, "--isa must be avx512, avx2 or generic\n");
       return 2;
     }
-    g_want = name == "avx512" ? Isa::avx512 : name == "avx2" ? Isa::avx2 : Isa::generic;
     argc -= 2;
     argv += 2;
   }

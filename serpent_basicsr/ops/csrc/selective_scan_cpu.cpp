@@ -303,12 +303,13 @@ std::string isa_name() {
   }
 }
 
-void set_isa(const std::string& isa) {
-  TORCH_CHECK(isa == "auto" || isa == "generic" || isa == "avx2" || isa == "avx512",
-              "selective_scan cpu backend: isa must be 'auto', 'avx512', 'avx2' or 'generic', got '", isa, "'");
-  TORCH_CHECK(isa != "avx2" || cpu_has_avx2(), "selective_scan cpu backend: this CPU lacks AVX2/FMA");
-  TORCH_CHECK(isa != "avx512" || cpu_has_avx512(), "selective_scan cpu backend: this CPU lacks AVX-512 (F, VL, DQ)");
-  g_isa = isa == "generic" ? Isa::generic : isa == "avx2" ? Isa::avx2 : Isa::avx512;
+void set_isa(const std::string& name) {
+  Isa isa = Isa::avx512;  // "auto": the widest, capped at what the CPU has by best_isa
+  TORCH_CHECK(name == "auto" || parse_isa(name, &isa),
+              "selective_scan cpu backend: isa must be 'auto', 'avx512', 'avx2' or 'generic', got '", name, "'");
+  TORCH_CHECK(name == "auto" || cpu_has(isa), "selective_scan cpu backend: this CPU lacks ",
+              isa == Isa::avx2 ? "AVX2/FMA" : "AVX-512 (F, VL, DQ)");
+  g_isa = isa;
 }
 
 }  // namespace
@@ -318,8 +319,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bwd", &scan_bwd, "selective scan backward: (du, ddelta, dA, dB or drows, dC, dD, dz, ddelta_bias, dWdt)");
   m.def("isa", &isa_name, "SIMD code path in use");
   m.def("set_isa", &set_isa, "force the SIMD path: 'auto', 'avx512', 'avx2' or 'generic'");
-  m.def("has_isa", [](const std::string& isa) {
-    return isa == "generic" || (isa == "avx2" && cpu_has_avx2()) || (isa == "avx512" && cpu_has_avx512());
+  m.def("has_isa", [](const std::string& name) {
+    Isa isa;
+    return parse_isa(name, &isa) && cpu_has(isa);
   }, "whether this CPU can run that SIMD path");
   m.def("chunk_size", []() { return kChunk; }, "time steps between state checkpoints");
   m.def("num_threads", []() { return at::get_num_threads(); }, "threads at::parallel_for uses");

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -129,6 +130,16 @@ bool cpu_has_avx512() {
   static const bool ok = cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   return ok;
+}
+
+bool cpu_has(Isa isa) { return isa == Isa::generic || (isa == Isa::avx2 ? cpu_has_avx2() : cpu_has_avx512()); }
+
+// Names of the instruction sets, as the extension's set_isa / has_isa and the harness's --isa take them.
+const char* isa_label(Isa isa) { return isa == Isa::avx512 ? "avx512" : isa == Isa::avx2 ? "avx2" : "generic"; }
+bool parse_isa(const std::string& name, Isa* isa) {
+  for (Isa i : {Isa::generic, Isa::avx2, Isa::avx512})
+    if (name == isa_label(i)) { *isa = i; return true; }
+  return false;
 }
 
 // The best instruction set of this CPU, capped by `want` (tests and benchmarks force a lower one).
