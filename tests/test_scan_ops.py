@@ -274,13 +274,14 @@ def test_cpu_isa_environment_variable():
 
 
 @pytest.mark.skipif('cpu' not in CPU_BACKENDS, reason='compiled CPU kernel not built')
-@pytest.mark.parametrize('dim,length', [(16, 16384), (5, 53000)])
-def test_cpu_kernel_threads_agree(dim, length):
-    """Big enough (2^22 elements) for the OpenMP path; 1 and 2 threads split the work differently
-    (with 2 threads: 4 channel blocks; 5 channels make blocks of 2, 2, 1 and an empty one, which
-    must still zero its share of dB / dC)."""
+@pytest.mark.parametrize('dim,length,groups', [(16, 16384, 1), (5, 53000, 1), (16, 16384, 4), (16, 16384, 2)])
+def test_cpu_kernel_threads_agree(dim, length, groups):
+    """Big enough (2^22 elements) for the OpenMP path; 1 and 2 threads split the work differently.
+    With 2 threads and one group: 4 channel blocks with partial dB / dC (5 channels make blocks of
+    2, 2, 1 and an empty one, which must still zero its share); 4 groups: one task per group, each
+    writing its group's dB / dC directly; 2 groups: 2 blocks per group, partials per group."""
     old = torch.get_num_threads()
-    inputs = make_inputs(31, batch=1, dim=dim, n=16, length=length, groups=1)
+    inputs = make_inputs(31, batch=1, dim=dim, n=16, length=length, groups=groups)
     results = []
     try:
         for threads in (1, 2):

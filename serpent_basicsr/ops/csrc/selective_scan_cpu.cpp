@@ -140,21 +140,23 @@ template <typename T> const T* opt_data(const c10::optional<at::Tensor>& t) {
 // thread: on a busy machine, waking the OpenMP team and waiting at its barrier costs more.
 constexpr int64_t kSerialWork = int64_t(1) << 22;
 
-// Channel blocks: about two tasks per thread, never more than a group's channels; one block when
-// the call runs serially (then dB/dC need no partial sums). Few, large blocks: each task loads a
-// chunk's B/C rows once for all its channels, and each block holds a partial dB/dC the size of
-// B and C (dynamic scheduling still evens out a busy machine).
-int64_t channel_blocks(int64_t batch, int64_t cpg, int64_t work) {
+// Channel blocks per task unit (a (batch, group) in plain mode, a batch element in cross mode):
+// about two tasks per thread in all, never more than a group's channels; one block when the call
+// runs serially or there are units enough (then dB/dC need no partial sums: a plain-mode task owns
+// its group's rows). Few, large blocks: each task loads a chunk's B/C rows once for all its
+// channels, and each block beyond the first adds a partial dB/dC the size of B and C (dynamic
+// scheduling still evens out a busy machine).
+int64_t channel_blocks(int64_t units, int64_t cpg, int64_t work) {
   if (work < kSerialWork || at::get_num_threads() <= 1) return 1;
   const int64_t want = 2 * int64_t(at::get_num_threads());
-  return std::max<int64_t>(1, std::min<int64_t>(cpg, (want + batch - 1) / batch));
+  return std::max<int64_t>(1, std::min<int64_t>(cpg, (want + units - 1) / units));
 }
 
 // Runs every (batch, block) task. Threads take tasks from a shared counter (dynamic
 // scheduling: on a busy machine a preempted thread does not hold up a fixed share of the work).
 template <typename T>
 void run_tasks(const Args<T>& a, TaskFn<T> fn) {
-  const int64_t ntask = a.batch * a.P;
+  const int64_t ntask = task_count(a);
   const int64_t work = a.batch * a.dim * a.L * a.Np;
   const int64_t workers = work < kSerialWork ? 1 : std::min<int64_t>(at::get_num_threads(), ntask);
   if (workers <= 1) {
@@ -195,7 +197,10 @@ void fill_common(Args<T>& a, const at::Tensor& u, const c10::optional<at::Tensor
   a.cpg = a.dim / a.G;
   a.nchunks = (a.L + kChunk - 1) / kChunk;
   a.softplus = softplus;
-  a.P = channel_blocks(a.batch, a.cpg, a.batch * a.dim * a.L * a.Np);
+  // plain mode: a task per (batch, group) first (each owns its group's dB / dC), channel blocks
+  // only when there are too few of those for the threads
+  a.GT = a.cross ? 1 : a.G;
+  a.P = channel_blocks(a.batch * a.GT, a.cpg, a.batch * a.dim * a.L * a.Np);
 }
 
 // y: (batch, dim, L), or (batch, L, dim / G) in cross mode.

@@ -416,7 +416,7 @@ template <typename T> SS_INLINE T chunk_absmax(const T* dtb, bool* nan) {
 
 // Per-channel scratch of one chunk, (kChunk, Np) rows unless noted; lives in L1.
 template <typename T> struct ChunkBufs {
-  std::vector<T> decay, hs, rowsum1, rowsum2;  // rowsum*: (kChunk, W)
+  Buf<T> decay, hs, rowsum1, rowsum2;  // rowsum*: (kChunk, W)
   explicit ChunkBufs(int64_t Np)
       : decay(kChunk * Np), hs((kChunk + 1) * Np),
         rowsum1(kChunk * VecT<T>::lanes, T(0)), rowsum2(kChunk * VecT<T>::lanes, T(0)) {}
@@ -543,15 +543,22 @@ SS_INLINE void chunk_states(int nt, int nb, int64_t Np, const T* dtb, const T* b
 
 
 // ---- tasks ------------------------------------------------------------------------------------
-// A task is (batch b, block of channel indices [c_lo, c_hi) within a group); it runs that block in
-// every group g (channel d = g * cpg + c), so outputs summed over groups (a shared u's du, the
-// channels-last y) are written by one task only. Per group, time is walked in chunks; per chunk,
-// the B/C rows are loaded once and every channel of the block runs its recursion over them.
-struct Block { int64_t b, blk, c_lo, c_hi; };
+// A task is (batch b, groups [g_lo, g_hi), block of channel indices [c_lo, c_hi) within a group);
+// it runs that block in each of its groups (channel d = g * cpg + c). Cross mode: every group
+// (GT = 1), so outputs summed over groups (a shared u's du, the channels-last y) are written by one
+// task only. Plain mode: one group per task (GT = G), so with one block (P = 1) a task owns its
+// group's dB / dC outright and no partial copies are needed. Per group, time is walked in chunks;
+// per chunk, the B/C rows are loaded once and every channel of the block runs its recursion over
+// them.
+struct Block { int64_t b, blk, g_lo, g_hi, c_lo, c_hi; };
 template <typename T> SS_INLINE Block block_of(const Args<T>& a, int64_t task) {
   Block k;
+  const int64_t gt = group_tasks(a);
   k.blk = task % a.P;
-  k.b = task / a.P;
+  const int64_t bg = task / a.P;
+  k.b = bg / gt;
+  k.g_lo = gt == 1 ? 0 : bg % gt;
+  k.g_hi = gt == 1 ? a.G : k.g_lo + 1;
   const int64_t per = (a.cpg + a.P - 1) / a.P;
   k.c_lo = std::min(a.cpg, k.blk * per);
   k.c_hi = std::min(a.cpg, (k.blk + 1) * per);
@@ -608,13 +615,13 @@ SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
   if (nch <= 0) return;
   const int nb = NB > 0 ? NB : int(Np / W);
 
-  std::vector<T> bufB(kChunk * Np, T(0)), bufC(kChunk * Np, T(0)), hs(nch * Np), Ap(nch * Np, T(0));
-  std::vector<T> dtsb(kChunk * a.R + 1);
+  Buf<T> bufB(kChunk * Np, T(0)), bufC(kChunk * Np, T(0)), hs(nch * Np), Ap(nch * Np, T(0));
+  Buf<T> dtsb(kChunk * a.R + 1);
   ChunkBufs<T> scratch(Np);
   alignas(64) T dtb[kChunk], ub[kChunk], bub[kChunk], xb[kChunk], yb[kChunk];
-  std::vector<T> amax(nch);
+  Buf<T> amax(nch);
   const int64_t ps = chan_ps(a);
-  for (int64_t g = 0; g < a.G; ++g) {
+  for (int64_t g = k.g_lo; g < k.g_hi; ++g) {
     std::fill(hs.begin(), hs.end(), T(0));
     for (int64_t i = 0; i < nch; ++i) {
       amax[i] = 0;
@@ -689,8 +696,8 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
   T* dB_task = a.dB_part + toff;
   T* dC_task = a.dC_part + toff;
   if (nch <= 0) {  // an empty block still owns its slice of the partial sums
-    std::vector<T> zeros(std::max<int64_t>(R, 1) * kChunk + kChunk * Np, T(0));  // only read
-    for (int64_t g = 0; g < a.G; ++g)
+    Buf<T> zeros(std::max<int64_t>(R, 1) * kChunk + kChunk * Np, T(0));  // only read
+    for (int64_t g = k.g_lo; g < k.g_hi; ++g)
       for (int64_t c = 0; c < a.nchunks; ++c) {
         const int64_t t0 = c * kChunk, go = g * a.rows_gs;
         move_rows<false>(ddt_task ? ddt_task + go : nullptr, dB_task + go, dC_task + go, a.rows_ps, a.rows_fs, R, N,
@@ -700,11 +707,11 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
     return;
   }
 
-  std::vector<T> bufB(kChunk * Np, T(0)), bufC(kChunk * Np, T(0)), bufdB(kChunk * Np), bufdC(kChunk * Np);
-  std::vector<T> dtsb(kChunk * R + 1), bufddts(kChunk * R + 1), dWs(nch * R + 1);
+  Buf<T> bufB(kChunk * Np, T(0)), bufC(kChunk * Np, T(0)), bufdB(kChunk * Np), bufdC(kChunk * Np);
+  Buf<T> dtsb(kChunk * R + 1), bufddts(kChunk * R + 1), dWs(nch * R + 1);
   ChunkBufs<T> scratch(Np);
-  std::vector<T> rs(nch * Np), dAs(nch * Np), Ap(nch * Np, T(0)), Araw(nch * Np, T(0));
-  std::vector<T> dDs(nch), dbs(nch), amax(nch);
+  Buf<T> rs(nch * Np), dAs(nch * Np), Ap(nch * Np, T(0)), Araw(nch * Np, T(0));
+  Buf<T> dDs(nch), dbs(nch), amax(nch);
   alignas(64) T dtb[kChunk], ub[kChunk], bub[kChunk], xb[kChunk], y0b[kChunk], dyb[kChunk],
       dub[kChunk], ddtb[kChunk], zb[kChunk], sgb[kChunk], S1b[kChunk], S2b[kChunk];
   const T* Hbuf = scratch.hs.data();
@@ -713,7 +720,7 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
   T* s2b = scratch.rowsum2.data();
   const int64_t ps = chan_ps(a);
 
-  for (int64_t g = 0; g < a.G; ++g) {
+  for (int64_t g = k.g_lo; g < k.g_hi; ++g) {
     for (int64_t i = 0; i < nch; ++i) {
       const int64_t d = g * a.cpg + k.c_lo + i;
       amax[i] = dDs[i] = dbs[i] = 0;
