@@ -294,6 +294,23 @@ def test_cpu_kernel_threads_agree(dim, length, groups):
 
 
 @pytest.mark.skipif('cpu' not in CPU_BACKENDS, reason='compiled CPU kernel not built')
+@pytest.mark.parametrize('use_z', [False, True])
+def test_cpu_kernel_streamed_outputs(use_z):
+    """float32 outputs of 4 MB and more (y, du, ddelta, dz) are written with streaming stores; they
+    must equal the float64 kernel's (whose outputs take plain stores) to float32 accuracy, in every
+    element (a chunk left unwritten or written twice would show)."""
+    x32 = make_inputs(41, batch=1, dim=64, n=16, length=16384 + 5, groups=4, use_z=use_z, dtype=torch.float32)
+    x64 = {k: v.detach().double().requires_grad_() if isinstance(v, torch.Tensor) else v for k, v in x32.items()}
+    assert x32['u'].numel() * 4 >= 4 * 2 ** 20  # above the kernel's streaming threshold
+    r32 = run(lambda **kw: selective_scan(**kw, backend='cpu'), x32)
+    r64 = run(lambda **kw: selective_scan(**kw, backend='cpu'), x64)
+    for key in r32:
+        ref = r64[key]
+        err = (r32[key].double() - ref).abs().max().item() / max(ref.abs().max().item(), 1e-30)
+        assert err < 1e-4, (key, err)
+
+
+@pytest.mark.skipif('cpu' not in CPU_BACKENDS, reason='compiled CPU kernel not built')
 def test_cpu_kernel_keeps_only_chunk_checkpoints():
     """The saved state is (batch, dim, L / chunk, N_padded), never (batch, dim, L, N)."""
     from serpent_basicsr.ops import cpu_scan

@@ -199,6 +199,7 @@ void fill_common(Args<T>& a, const at::Tensor& u, const c10::optional<at::Tensor
   a.softplus = softplus;
   // plain mode: a task per (batch, group) first (each owns its group's dB / dC), channel blocks
   // only when there are too few of those for the threads
+  a.stream = a.batch * a.dim * a.L * int64_t(sizeof(T)) >= kStreamBytes;
   a.GT = a.cross ? 1 : a.G;
   a.P = channel_blocks(a.batch * a.GT, a.cpg, a.batch * a.dim * a.L * a.Np);
 }

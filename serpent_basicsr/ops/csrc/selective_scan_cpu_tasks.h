@@ -85,7 +85,11 @@ template <typename T> struct Args {
   const T* Wdt;
   T* dWdt_part;  // (batch, dim, R)
   bool softplus;
+  // write the (batch, dim, L) outputs (plain y, du, ddelta, dz) with streaming stores: set for
+  // outputs too large to stay in cache for their consumer (kStreamBytes)
+  bool stream;
 };
+constexpr int64_t kStreamBytes = int64_t(4) << 20;
 
 // Tasks per batch element over the groups (see the tasks section of the kernels) and in all.
 template <typename T> SS_INLINE int64_t group_tasks(const Args<T>& a) { return a.GT > 1 ? a.GT : 1; }
