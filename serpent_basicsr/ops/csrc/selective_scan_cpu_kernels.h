@@ -118,11 +118,14 @@ SS_INLINE vd vrecip(vd d) { return 1.0 / d; }
 
 // softplus with torch's threshold (x > 20 -> x). float: max(x, 0) + log1p(exp(-|x|)), with
 // log1p(e) = 2 atanh(e / (2 + e)) by its series (e in (0, 1], so s <= 1/3): no cancellation for
-// tiny e. double: log1p(exp(x)) exactly as torch computes it.
-template <int K> SS_INLINE void vsoftplus_k(vf* x) {
+// tiny e. double: log1p(exp(x)) exactly as torch computes it. With dsp, also the derivative:
+// sigmoid(x) (1 past the threshold), in float from the same e = exp(-|x|) (no second exp).
+template <int K, typename V> SS_INLINE void vsigmoid_k(V* x);
+template <int K> SS_INLINE void vsoftplus_k(vf* x, vf* dsp = nullptr) {
   vf e[K], s[K], s2[K], q[K];
   SS_EACH e[i] = x[i] < 0.0f ? x[i] : -x[i];  // -|x|
   vexp_k<K>(e);
+  if (dsp) SS_EACH dsp[i] = x[i] > 20.0f ? vsplat<vf>(1.0f) : (x[i] < 0.0f ? e[i] : vsplat<vf>(1.0f)) * vrecip(1.0f + e[i]);
   SS_EACH s[i] = e[i] * vrecip(e[i] + 2.0f);
   SS_EACH s2[i] = s[i] * s[i];
   SS_EACH q[i] = (1.0f / 13.0f) * s2[i] + 1.0f / 11.0f;
@@ -134,7 +137,12 @@ template <int K> SS_INLINE void vsoftplus_k(vf* x) {
   SS_EACH q[i] = vmax(x[i], vsplat<vf>(0.0f)) + 2.0f * s[i] * q[i];
   SS_EACH x[i] = x[i] > 20.0f ? x[i] : q[i];
 }
-template <int K> SS_INLINE void vsoftplus_k(vd* x) {
+template <int K> SS_INLINE void vsoftplus_k(vd* x, vd* dsp = nullptr) {
+  if (dsp) {
+    SS_EACH dsp[i] = x[i];
+    vsigmoid_k<K>(dsp);
+    SS_EACH dsp[i] = x[i] > 20.0 ? vsplat<vd>(1.0) : dsp[i];
+  }
   SS_EACH for (int l = 0; l < 4; ++l) x[i][l] = x[i][l] > 20.0 ? x[i][l] : std::log1p(std::exp(x[i][l]));
 }
 template <int K, typename V> SS_INLINE void vsigmoid_k(V* x) {
@@ -435,9 +443,10 @@ template <typename T> SS_INLINE void chunk_sigmoid(const T* x, T* sg) {
 }
 
 // Per-chunk prologue, vectorised over time: on entry ub = u and xb = delta of the chunk (zero
-// padded); xb += bias, dtb = softplus(xb) (or xb), bub = dtb * ub.
+// padded); xb += bias, dtb = softplus(xb) (or xb), bub = dtb * ub; with softplus and dsp given
+// (the backward), dsp = softplus'(xb).
 template <typename T>
-SS_INLINE void chunk_prologue(const Args<T>& a, int64_t d, T* dtb, const T* ub, T* bub, T* xb) {
+SS_INLINE void chunk_prologue(const Args<T>& a, int64_t d, T* dtb, const T* ub, T* bub, T* xb, T* dsp = nullptr) {
   typedef typename VecT<T>::type V;
   constexpr int W = VecT<T>::lanes, K = kInterleave;
   const V bias = vsplat<V>(a.bias ? a.bias[d] : T(0));
@@ -447,7 +456,15 @@ SS_INLINE void chunk_prologue(const Args<T>& a, int64_t d, T* dtb, const T* ub, 
     SS_EACH x[i] += bias;
     vstore_k<K>(xb + t, x);
     vload_k<K>(uv, ub + t);
-    if (a.softplus) vsoftplus_k<K>(x);
+    if (a.softplus) {
+      if (dsp) {
+        V ds[K];
+        vsoftplus_k<K>(x, ds);
+        vstore_k<K>(dsp + t, ds);
+      } else {
+        vsoftplus_k<K>(x);
+      }
+    }
     vstore_k<K>(dtb + t, x);
     SS_EACH uv[i] *= x[i];
     vstore_k<K>(bub + t, uv);
@@ -783,7 +800,7 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
   Buf<T> rs(nch * Np), dAs(nch * Np), Ap(nch * Np, T(0)), Araw(nch * Np, T(0));
   Buf<T> dDs(nch), dbs(nch), amax(nch);
   alignas(64) T dtb[kChunk], ub[kChunk], bub[kChunk], xb[kChunk], y0b[kChunk], dyb[kChunk],
-      dub[kChunk], ddtb[kChunk], zb[kChunk], sgb[kChunk], S1b[kChunk], S2b[kChunk];
+      dub[kChunk], ddtb[kChunk], zb[kChunk], sgb[kChunk], S1b[kChunk], S2b[kChunk], dspb[kChunk];
   const T* Hbuf = scratch.hs.data();
   const T* Abuf = scratch.decay.data();
   T* s1b = scratch.rowsum1.data();
@@ -833,7 +850,7 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
         gather(a.u + chan_off(a, b, g, cc), ps, sp.idx, sp.t0, sp.nt, ub);
         if (R > 0) project_dt(dtsb.data(), a.Wdt + d * R, R, xb);
         else gather(a.delta + bd * L, 1, sp.idx, sp.t0, sp.nt, xb);
-        chunk_prologue(a, d, dtb, ub, bub, xb);
+        chunk_prologue(a, d, dtb, ub, bub, xb, dspb);
         V Av[NBc], h[NBc], Ar[NBc];
         const T* ck = a.ckpt + (bd * a.nchunks + c) * Np;
         for (int j = 0; j < nb; ++j) {
@@ -905,13 +922,8 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
         }
         // (dyb, ub: zero past the chunk's end from the gathers)
         const T dD = chunk_sum(dyb, ub);
-        if (a.softplus) {
-          chunk_sigmoid(xb, sgb);
-          for (int t = 0; t < kChunk; t += W) {
-            const V x = vload<V>(xb + t);
-            vstore(ddtb + t, vload<V>(ddtb + t) * (x > T(20) ? vsplat<V>(T(1)) : vload<V>(sgb + t)));
-          }
-        }
+        if (a.softplus)
+          for (int t = 0; t < kChunk; t += W) vstore(ddtb + t, vload<V>(ddtb + t) * vload<V>(dspb + t));
         // ddtb is zero past the chunk's end: S1, S2 rows and ub are
         const T db = chunk_sum(ddtb, static_cast<const T*>(nullptr));
         dDs[i] += dD;
