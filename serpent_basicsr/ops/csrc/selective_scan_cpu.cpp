@@ -12,9 +12,10 @@
 // With one permutation per direction this is SS2D's cross-scan / dt projection / scan / cross-merge
 // in one pass (no copies). Rows may also be stored as a transposed (batch, L, G, R + 2N) tensor.
 //
-// Work is split into tasks (batch, block of channel indices c), run with at::parallel_for (OpenMP);
-// a task runs its block in every group, so sums over groups (du of a shared u, the merged y) have
-// a single writer. Inside a task, time is walked in chunks of kChunk steps and, for each chunk,
+// Work is split into tasks (batch, block of channel indices c), run with at::parallel_for (OpenMP).
+// In cross mode a task runs its block in every group, so sums over groups (du of a shared u, the
+// merged y) have a single writer; in plain mode a task takes one group (tasks (batch, group, block)),
+// so with one block per group it also writes that group's dB/dC alone. Inside a task, time is walked in chunks of kChunk steps and, for each chunk,
 // every channel of the block: the chunk's B/C rows are copied once into small (kChunk, Np) buffers
 // (state contiguous, zero-padded to Np, a multiple of the SIMD width) that stay in L1 across the
 // block's channels. The state of one channel lives in registers as NB SIMD vectors.
@@ -25,7 +26,8 @@
 // in time. Softplus, delta_bias, the D skip, z gating, dD / d(delta_bias) sums are fused in. The
 // rows' gradients (dB, dC and, in cross mode, d(dt inputs)) are sums over a group's channels: each
 // task owns a private (kChunk, Np) accumulator per chunk, written to its own copy of the rows'
-// layout (P copies, P = channel blocks), summed over P at the end when P > 1.
+// layout (P copies, P = channel blocks), summed over P at the end when P > 1. Outputs of
+// kStreamBytes and more are written with streaming stores.
 //
 // Per channel and chunk the state recursion (selective_scan_cpu_kernels.h) computes each step's
 // decays exp(dt A) in the same loop as the recursion (they do not depend on the state, so the core
