@@ -71,8 +71,8 @@ template <int K> SS_INLINE void vexp_k(vd* x) {
 // AVX-512: f = y - floor(y) in [0, 1) in one instruction (vreduceps), 2^f by a degree-5 minimax
 // polynomial for that interval (rel. error 8e-8, 1.6e-7 after float rounding) and vscalefps
 // multiplies by 2^floor(y) (it floors its second operand: k is y itself), exactly, and also right
-// outside [-126, 127] (0 / inf): 8 vector operations with the multiply by A, one fewer than the
-// rounding constant's path.
+// outside [-126, 127] (0 / inf): 8 vector operations with the multiply by A, where the rounding
+// constant and the exponent-bits add take 10.
 template <bool kClamp> SS_INLINE void decay_front(vf y, vf& k, vf& f, vf& p) {
   if (kClamp) y = vmin(vsplat<vf>(127.0f), vmax(vsplat<vf>(-126.0f), y));
 #if SS_AVX512
