@@ -97,7 +97,7 @@ template <typename T> struct Problem {
     a.dD_part = dD.data(); a.dbias_part = dbias.data(); a.dB_part = dB.data(); a.dC_part = dC.data();
     a.rows_bs = G * N * L; a.rows_gs = N * L; a.rows_ps = 1; a.rows_fs = L; a.part_size = G * N * L;
     a.batch = 1; a.dim = dim; a.L = L; a.N = N; a.Np = Np; a.G = G; a.cpg = cpg; a.P = 1;
-    a.nchunks = nchunks; a.softplus = true; a.stream = a.dim * L * int64_t(sizeof(T)) >= kStreamBytes;
+    a.nchunks = nchunks; a.softplus = true; a.stream = stream_outputs(a);
     return a;
   }
 };

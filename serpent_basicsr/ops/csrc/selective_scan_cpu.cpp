@@ -15,10 +15,11 @@
 // Work is split into tasks (batch, block of channel indices c), run with at::parallel_for (OpenMP).
 // In cross mode a task runs its block in every group, so sums over groups (du of a shared u, the
 // merged y) have a single writer; in plain mode a task takes one group (tasks (batch, group, block)),
-// so with one block per group it also writes that group's dB/dC alone. Inside a task, time is walked in chunks of kChunk steps and, for each chunk,
-// every channel of the block: the chunk's B/C rows are copied once into small (kChunk, Np) buffers
-// (state contiguous, zero-padded to Np, a multiple of the SIMD width) that stay in L1 across the
-// block's channels. The state of one channel lives in registers as NB SIMD vectors.
+// so with one block per group it also writes that group's dB/dC alone. Inside a task, time is
+// walked in chunks of kChunk steps and, for each chunk, every channel of the block: the chunk's B/C
+// rows are copied once into small (kChunk, Np) buffers (state contiguous, zero-padded to Np, a
+// multiple of the SIMD width) that stay in L1 across the block's channels. The state of one
+// channel lives in registers as NB SIMD vectors.
 //
 // The forward optionally stores the state at the start of every chunk ("checkpoints", a kChunk-th
 // of the (batch, dim, L, N) states). The backward walks the chunks in reverse: it recomputes the
@@ -199,9 +200,9 @@ void fill_common(Args<T>& a, const at::Tensor& u, const c10::optional<at::Tensor
   a.cpg = a.dim / a.G;
   a.nchunks = (a.L + kChunk - 1) / kChunk;
   a.softplus = softplus;
+  a.stream = stream_outputs(a);
   // plain mode: a task per (batch, group) first (each owns its group's dB / dC), channel blocks
   // only when there are too few of those for the threads
-  a.stream = a.batch * a.dim * a.L * int64_t(sizeof(T)) >= kStreamBytes;
   a.GT = a.cross ? 1 : a.G;
   a.P = channel_blocks(a.batch * a.GT, a.cpg, a.batch * a.dim * a.L * a.Np);
 }

@@ -37,7 +37,7 @@ template <> struct VecT<double> { typedef vd type; static constexpr int lanes = 
 
 // The kernels' scratch buffers, aligned to a cache line: std::vector's memory is 16-byte aligned, so
 // every 64-byte vector access to it straddled two cache lines (and half of the 32-byte ones); on
-// AVX-512 the aligned buffers made the forward and the backward ~13% faster in the harness.
+// AVX-512 the aligned buffers made the forward ~10% and the backward ~16% faster in the harness.
 constexpr size_t kBufAlign = 64;
 template <typename T> struct CacheLineAlloc {
   typedef T value_type;
@@ -90,6 +90,10 @@ template <typename T> struct Args {
   bool stream;
 };
 constexpr int64_t kStreamBytes = int64_t(4) << 20;
+// Whether the call's (batch, dim, L) outputs are that large (a.stream's value).
+template <typename T> bool stream_outputs(const Args<T>& a) {
+  return a.batch * a.dim * a.L * int64_t(sizeof(T)) >= kStreamBytes;
+}
 
 // Tasks per batch element over the groups (see the tasks section of the kernels) and in all.
 template <typename T> SS_INLINE int64_t group_tasks(const Args<T>& a) { return a.GT > 1 ? a.GT : 1; }
