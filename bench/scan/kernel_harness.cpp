@@ -2,7 +2,8 @@
 //
 //   g++ -O3 -std=c++20 -DTIMING_ONLY -I serpent_basicsr/ops/csrc bench/scan/kernel_harness.cpp -o /tmp/kh
 //   /tmp/kh [--isa avx512|avx2|generic] [L] [reps]
-//                          # time forward (with checkpoints) and backward, one thread, best of reps
+//                          # time forward (with checkpoints; the state layout, then with AVX-512 the
+//                          # lane layout) and backward, one thread, best of reps
 //   g++ -O1 -std=c++20 -I serpent_basicsr/ops/csrc bench/scan/kernel_harness.cpp -o /tmp/khc
 //   /tmp/khc --check       # small shapes (every state-size path) against the float64 loop
 //
@@ -106,7 +107,16 @@ template <typename T> struct Problem {
 Isa g_want = Isa::avx512;
 
 // The kernels for this machine and state size (as the extension picks them; 0: runtime-sized).
-template <typename T> void run(const Args<T>& a, bool fwd) {
+// With lanes, the forward takes the lane-layout kernel where it applies (returns false where not).
+template <typename T> bool run(const Args<T>& a, bool fwd, bool lanes = false) {
+  if (lanes) {
+    const TaskFn<T> fn = fwd ? pick_lanes_fwd(a, best_isa(g_want)) : nullptr;
+    if (!fn) return false;
+    Args<T> la = a;
+    la.blk_align = kLaneWidth;
+    fn(la, 0);
+    return true;
+  }
   const Isa isa = isa_for<T>(best_isa(g_want), a.Np);
 #ifdef TIMING_ONLY
   if constexpr (std::is_same<T, float>::value) {
@@ -114,13 +124,14 @@ template <typename T> void run(const Args<T>& a, bool fwd) {
       if (isa == Isa::avx512) (fwd ? fwd_avx512<1> : bwd_avx512<1>)(a, 0);
       else if (isa == Isa::avx2) (fwd ? fwd_avx2<T, 2> : bwd_avx2<T, 2>)(a, 0);
       else (fwd ? fwd_generic<T, 2> : bwd_generic<T, 2>)(a, 0);
-      return;
+      return true;
     }
   }
   std::fprintf(stderr, "built with -DTIMING_ONLY: float with 9-16 states only\n");
   std::exit(2);
 #else
   pick_task<T>(fwd, a.Np, isa)(a, 0);
+  return true;
 #endif
 }
 
@@ -185,10 +196,12 @@ template <typename T> double rel_err(const HugeVec<T>& got, const std::vector<do
   return num / std::max(den, 1e-300);
 }
 
-template <typename T> bool check(int64_t G, int64_t cpg, int64_t N, int64_t L, double tol) {
+// The kernels on one problem against the float64 loop (lanes: the forward in the lane layout, then
+// the backward from its checkpoints; false where that layout does not apply).
+template <typename T> bool check(int64_t G, int64_t cpg, int64_t N, int64_t L, double tol, bool lanes = false) {
   Problem<T> p(G, cpg, N, L, 7 + N + L);
   const Args<T> a = p.args();
-  run(a, true);
+  if (!run(a, true, lanes)) return true;
   run(a, false);
   const Reference r = reference(p);
   const std::pair<const char*, double> errs[] = {
@@ -196,8 +209,8 @@ template <typename T> bool check(int64_t G, int64_t cpg, int64_t N, int64_t L, d
       {"dA", rel_err(p.dA, r.dA)}, {"dB", rel_err(p.dB, r.dB)}, {"dC", rel_err(p.dC, r.dC)},
       {"dD", rel_err(p.dD, r.dD)}, {"dbias", rel_err(p.dbias, r.dbias)}};
   bool ok = true;
-  std::printf("%-6s G %ld cpg %ld N %2ld L %4ld:", sizeof(T) == 4 ? "float" : "double", long(G), long(cpg),
-              long(N), long(L));
+  std::printf("%-6s G %ld cpg %2ld N %2ld L %4ld%s:", sizeof(T) == 4 ? "float" : "double", long(G), long(cpg),
+              long(N), long(L), lanes ? " lanes" : "");
   for (const auto& e : errs) {
     std::printf(" %s %.1e", e.first, e.second);
     ok = ok && e.second <= tol;  // (NaN fails)
@@ -233,6 +246,9 @@ int main(int argc, char** argv) {
         ok = check<float>(2, 3, N, L, 2e-4) && ok;
         ok = check<double>(2, 3, N, L, 1e-10) && ok;
       }
+    // the lane-layout forward (AVX-512, 16 states, whole 16-channel groups: one and two per group)
+    for (int64_t cpg : {16, 32})
+      for (int64_t L : {1, 63, 64, 150}) ok = check<float>(2, cpg, 16, L, 2e-4, true) && ok;
     std::printf("%s\n", ok ? "check ok" : "check FAILED");
     return ok ? 0 : 1;
 #endif
@@ -247,15 +263,19 @@ int main(int argc, char** argv) {
   Problem<float> p(4, 96, 16, L, 1);
   const Args<float> a = p.args();
   const double steps = double(p.dim) * L;
-  for (const bool fwd : {true, false}) {
+  // forward (state layout), forward (lane layout, where it applies), backward
+  for (const int which : {0, 1, 2}) {
+    const bool fwd = which < 2, lanes = which == 1;
     double best = 1e30;
     for (int r = 0; r < reps; ++r) {
       const double t0 = now();
-      run(a, fwd);
+      if (!run(a, fwd, lanes)) break;
       best = std::min(best, now() - t0);
     }
-    std::printf("%s L %ld: best of %d %.3f ms, %.3f ns per (channel, step)\n", fwd ? "forward " : "backward",
-                long(L), reps, best * 1e3, best / steps * 1e9);
+    if (best == 1e30) continue;
+    std::printf("%s L %ld: best of %d %.3f ms, %.3f ns per (channel, step)\n",
+                which == 0 ? "forward (states)" : which == 1 ? "forward (lanes) " : "backward        ", long(L), reps,
+                best * 1e3, best / steps * 1e9);
   }
   return 0;
 }

@@ -58,6 +58,11 @@ Isa g_isa = Isa::avx512;
 
 template <typename T> TaskFn<T> pick(bool fwd, int64_t Np) { return pick_task<T>(fwd, Np, best_isa(g_isa)); }
 
+// Whether forwards take the lane-layout kernel where it applies (pick_lanes_fwd); off: always the
+// state layout (tests and benchmarks compare the two).
+bool g_lane_fwd = true;
+std::atomic<bool> g_last_fwd_lanes{false};  // what the last forward ran (for the tests)
+
 // ---- host side ------------------------------------------------------------------------------
 bool opt_ptr_check(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
@@ -229,7 +234,10 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const c10::optional<at::Te
     if (L == 0) return;
     a.y = y.data_ptr<scalar_t>(); a.last = last.data_ptr<scalar_t>();
     a.ckpt = want_ckpt ? ckpt.data_ptr<scalar_t>() : nullptr;
-    run_tasks(a, pick<scalar_t>(true, a.Np));
+    TaskFn<scalar_t> fn = g_lane_fwd ? pick_lanes_fwd(a, best_isa(g_isa)) : nullptr;
+    if (fn) a.blk_align = kLaneWidth;  // its blocks: whole lane groups
+    g_last_fwd_lanes = fn != nullptr;
+    run_tasks(a, fn ? fn : pick<scalar_t>(true, a.Np));
   });
   return {y, last, ckpt};
 }
@@ -306,7 +314,9 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const c10::optional<at::Te
 // states that do not fill 16-lane vectors and float64 run the AVX2 kernels.
 std::string isa_name() {
   switch (best_isa(g_isa)) {
-    case Isa::avx512: return "avx512 (float, d_state a multiple of 16; else avx2+fma)";
+    case Isa::avx512:
+      return std::string("avx512 (float, d_state a multiple of 16; else avx2+fma)") +
+             (g_lane_fwd ? ", channels-in-lanes forward for d_state 16" : "");
     case Isa::avx2: return "avx2+fma";
     default: return "generic (sse2)";
   }
@@ -332,6 +342,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     Isa isa;
     return parse_isa(name, &isa) && cpu_has(isa);
   }, "whether this CPU can run that SIMD path");
+  m.def("set_lane_forward", [](bool on) { g_lane_fwd = on; },
+        "let float32 AVX-512 forwards with d_state 16 take the channels-in-lanes kernel (default on)");
+  m.def("lane_forward", []() { return g_lane_fwd; }, "whether the channels-in-lanes forward is enabled");
+  m.def("last_forward_layout", []() { return std::string(g_last_fwd_lanes ? "lanes" : "states"); },
+        "the kernel layout the last forward call ran: 'lanes' or 'states'");
   m.def("chunk_size", []() { return kChunk; }, "time steps between state checkpoints");
   m.def("num_threads", []() { return at::get_num_threads(); }, "threads at::parallel_for uses");
 }

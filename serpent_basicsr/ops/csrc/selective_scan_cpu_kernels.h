@@ -437,11 +437,12 @@ SS_INLINE void prefetch_span_w(void* p, int64_t bytes) {
   for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 1, 3);
 }
 
-// sg = sigmoid(x) over a whole chunk, K vectors at a time.
-template <typename T> SS_INLINE void chunk_sigmoid(const T* x, T* sg) {
+// sg = sigmoid(x) over n values (a multiple of kInterleave vectors; default a whole chunk), K
+// vectors at a time.
+template <typename T> SS_INLINE void chunk_sigmoid(const T* x, T* sg, int n = kChunk) {
   typedef typename VecT<T>::type V;
   constexpr int W = VecT<T>::lanes, K = kInterleave;
-  for (int t = 0; t < kChunk; t += K * W) {
+  for (int t = 0; t < n; t += K * W) {
     V v[K];
     vload_k<K>(v, x + t);
     vsigmoid_k<K>(v);
@@ -449,15 +450,13 @@ template <typename T> SS_INLINE void chunk_sigmoid(const T* x, T* sg) {
   }
 }
 
-// Per-chunk prologue, vectorised over time: on entry ub = u and xb = delta of the chunk (zero
-// padded); xb += bias, dtb = softplus(xb) (or xb), bub = dtb * ub; with softplus and dsp given
-// (the backward), dsp = softplus'(xb).
-template <typename T>
-SS_INLINE void chunk_prologue(const Args<T>& a, int64_t d, T* dtb, const T* ub, T* bub, T* xb, T* dsp = nullptr) {
-  typedef typename VecT<T>::type V;
+// Prologue over n values (a multiple of kInterleave vectors): on entry ub = u and xb = delta (zero
+// padded); xb += bias (the same vector added to each of xb's vectors), dtb = softplus(xb) (or xb),
+// bub = dtb * ub; with softplus and dsp given (the backward), dsp = softplus'(xb).
+template <typename T, typename V>
+SS_INLINE void prologue_run(const Args<T>& a, V bias, int n, T* dtb, const T* ub, T* bub, T* xb, T* dsp = nullptr) {
   constexpr int W = VecT<T>::lanes, K = kInterleave;
-  const V bias = vsplat<V>(a.bias ? a.bias[d] : T(0));
-  for (int t = 0; t < kChunk; t += K * W) {
+  for (int t = 0; t < n; t += K * W) {
     V x[K], uv[K];
     vload_k<K>(x, xb + t);
     SS_EACH x[i] += bias;
@@ -477,6 +476,12 @@ SS_INLINE void chunk_prologue(const Args<T>& a, int64_t d, T* dtb, const T* ub, 
     vstore_k<K>(bub + t, uv);
   }
 }
+// Per-chunk prologue of one channel d, vectorised over time (the state layout).
+template <typename T>
+SS_INLINE void chunk_prologue(const Args<T>& a, int64_t d, T* dtb, const T* ub, T* bub, T* xb, T* dsp = nullptr) {
+  typedef typename VecT<T>::type V;
+  prologue_run(a, vsplat<V>(a.bias ? a.bias[d] : T(0)), kChunk, dtb, ub, bub, xb, dsp);
+}
 
 // Whether all lanes of v are true (v: a lane comparison's result, -1 / 0 per lane). One mask test
 // with AVX2 / AVX-512 (a lane-by-lane loop cost ~10% of the forward), a loop otherwise.
@@ -495,18 +500,21 @@ template <typename V> SS_INLINE bool all_lanes(V v) {
 
 // Whether the chunk's decay arguments stay in the unclamped exp's range: max |dt| * amax <= 126
 // and no dt NaN or infinite (padded rows included: only makes the test more conservative; a NaN
-// amax, from a NaN in A, fails it too).
-template <typename T> SS_INLINE bool decay_args_in_range(const T* dtb, T amax) {
-  typedef typename VecT<T>::type V;
+// amax, from a NaN in A, fails it too). Over n values (default a chunk of one channel: amax the
+// same in every lane; the lane layout passes each lane's channel's amax).
+template <typename T, typename V> SS_INLINE bool decay_args_in_range(const T* dtb, V amax, int n = kChunk) {
   constexpr int W = VecT<T>::lanes;
-  V m = V{}, bad = V{};
-  for (int t = 0; t < kChunk; t += W) {
-    const V x = vload<V>(dtb + t);
-    const V ax = x < T(0) ? -x : x;
-    m = ax > m ? ax : m;
-    bad += x - x;  // 0, or NaN for NaN / inf
-  }
-  return all_lanes(m * amax + bad <= T(kDecayArgMax));  // (a NaN lane compares false)
+  constexpr int K = 4;  // independent max / add chains (n: a multiple of K vectors)
+  V m[K] = {}, bad[K] = {};
+  for (int t = 0; t < n; t += K * W)
+    SS_EACH {
+      const V x = vload<V>(dtb + t + i * W);
+      const V ax = x < T(0) ? -x : x;
+      m[i] = ax > m[i] ? ax : m[i];
+      bad[i] += x - x;  // 0, or NaN for NaN / inf
+    }
+  for (int i = 1; i < K; ++i) m[0] = m[i] > m[0] ? m[i] : m[0];
+  return all_lanes(m[0] * amax + (bad[0] + bad[1] + bad[2] + bad[3]) <= T(kDecayArgMax));  // (NaN compares false)
 }
 
 // Per-channel scratch of one chunk, (kChunk, Np) rows unless noted; lives in L1.
@@ -604,7 +612,7 @@ SS_INLINE void chunk_states(int nt, int nb, int64_t Np, const T* dtb, const T* b
   T* dec = s.decay.data();
   T* hs = s.hs.data();
   T* prod = y ? s.rowsum1.data() : nullptr;
-  const bool clamp = !decay_args_in_range(dtb, amax);
+  const bool clamp = !decay_args_in_range(dtb, vsplat<V>(amax));
   if (store_states)
     for (int j = 0; j < nb; ++j) vstore(hs + j * W, h[j]);
   if constexpr (NB > 0) {
@@ -635,6 +643,20 @@ SS_INLINE void chunk_states(int nt, int nb, int64_t Np, const T* dtb, const T* b
 }
 
 
+// The forward's epilogue over n values (a multiple of kInterleave vectors): y += D u (Dv: D of each
+// lane's channel), then, with zb given, y *= z sigmoid(z) (sgb: scratch).
+template <typename T, typename V>
+SS_INLINE void skip_and_gate(const Args<T>& a, V Dv, int n, T* yb, const T* ub, const T* zb, T* sgb) {
+  constexpr int W = VecT<T>::lanes;
+  if (zb) {
+    chunk_sigmoid(zb, sgb, n);
+    for (int t = 0; t < n; t += W)
+      vstore(yb + t, (vload<V>(yb + t) + Dv * vload<V>(ub + t)) * vload<V>(zb + t) * vload<V>(sgb + t));
+  } else if (a.D) {
+    for (int t = 0; t < n; t += W) vstore(yb + t, vload<V>(yb + t) + Dv * vload<V>(ub + t));
+  }
+}
+
 // ---- tasks ------------------------------------------------------------------------------------
 // A task is (batch b, groups [g_lo, g_hi), block of channel indices [c_lo, c_hi) within a group);
 // it runs that block in each of its groups (channel d = g * cpg + c). Cross mode: every group
@@ -652,7 +674,8 @@ template <typename T> SS_INLINE Block block_of(const Args<T>& a, int64_t task) {
   k.b = bg / gt;
   k.g_lo = gt == 1 ? 0 : bg % gt;
   k.g_hi = gt == 1 ? a.G : k.g_lo + 1;
-  const int64_t per = (a.cpg + a.P - 1) / a.P;
+  int64_t per = (a.cpg + a.P - 1) / a.P;
+  if (a.blk_align > 1) per = (per + a.blk_align - 1) / a.blk_align * a.blk_align;
   k.c_lo = std::min(a.cpg, k.blk * per);
   k.c_hi = std::min(a.cpg, (k.blk + 1) * per);
   return k;
@@ -755,16 +778,9 @@ SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
         chunk_states<T, NB>(sp.nt, nb, Np, dtb, bub, bufB.data(), bufC.data(), Av, amax[i], h, scratch, false, yb);
         for (int j = 0; j < nb; ++j) vstore(&hs[i * Np + j * W], h[j]);
         // epilogue: D skip and z gating, vectorised over time
-        const T Dd = a.D ? a.D[d] : T(0);
-        if (a.z) {
-          alignas(64) T zb[kChunk], sgb[kChunk];
-          gather(a.z + bd * L, 1, sp.idx, sp.t0, sp.nt, zb);
-          chunk_sigmoid(zb, sgb);
-          for (int t = 0; t < kChunk; t += W)
-            vstore(yb + t, (vload<V>(yb + t) + Dd * vload<V>(ub + t)) * vload<V>(zb + t) * vload<V>(sgb + t));
-        } else if (a.D) {
-          for (int t = 0; t < kChunk; t += W) vstore(yb + t, vload<V>(yb + t) + Dd * vload<V>(ub + t));
-        }
+        alignas(64) T zb[kChunk], sgb[kChunk];
+        if (a.z) gather(a.z + bd * L, 1, sp.idx, sp.t0, sp.nt, zb);
+        skip_and_gate(a, vsplat<V>(a.D ? a.D[d] : T(0)), kChunk, yb, ub, a.z ? zb : nullptr, sgb);
         scatter(a.y + chan_off(a, b, g, cc), ps, sp.idx, sp.t0, sp.nt, yb, accumulate_y, a.stream);
       }
     }
@@ -962,3 +978,7 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
   }
   stream_fence(a.stream);
 }
+
+#if SS_AVX512
+#include "selective_scan_cpu_lanes.h"
+#endif

@@ -20,7 +20,8 @@ namespace {
 #define SS_INLINE inline __attribute__((always_inline))
 
 constexpr int kChunk = 64;    // time steps per chunk: checkpoint interval and L1 buffer length
-constexpr int kMaxNB = 64;    // max SIMD vectors per channel state (512 float / 256 double states)
+constexpr int kMaxNB = 64;
+constexpr int kLaneWidth = 16;  // the lane-layout forward: AVX-512 float lanes = its state count    // max SIMD vectors per channel state (512 float / 256 double states)
 
 typedef float vf __attribute__((vector_size(32)));
 typedef double vd __attribute__((vector_size(32)));
@@ -88,6 +89,8 @@ template <typename T> struct Args {
   // write the (batch, dim, L) outputs (plain y, du, ddelta, dz) with streaming stores: set for
   // outputs too large to stay in cache for their consumer (kStreamBytes)
   bool stream;
+  // channel blocks start at multiples of this (0 / 1: anywhere; the lane-layout forward: its width)
+  int64_t blk_align;
 };
 constexpr int64_t kStreamBytes = int64_t(4) << 20;
 // Whether the call's (batch, dim, L) outputs are that large (a.stream's value).
@@ -145,6 +148,7 @@ template <typename T, int NB> __attribute__((target("avx2,fma"))) void fwd_avx2(
 template <typename T, int NB> __attribute__((target("avx2,fma"))) void bwd_avx2(const Args<T>& a, int64_t t) { avx2::bwd_task<T, NB>(a, t); }
 template <int NB> __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void fwd_avx512(const Args<float>& a, int64_t t) { avx512::fwd_task<float, NB>(a, t); }
 template <int NB> __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void bwd_avx512(const Args<float>& a, int64_t t) { avx512::bwd_task<float, NB>(a, t); }
+__attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void fwd_lanes_avx512(const Args<float>& a, int64_t t) { avx512::fwd_lanes_task(a, t); }
 template <typename T, int NB> void fwd_generic(const Args<T>& a, int64_t t) { generic::fwd_task<T, NB>(a, t); }
 template <typename T, int NB> void bwd_generic(const Args<T>& a, int64_t t) { generic::bwd_task<T, NB>(a, t); }
 
@@ -209,6 +213,17 @@ TaskFn<T> pick_task(bool fwd, int64_t Np, Isa isa) {
     default: return fwd ? (avx ? fwd_avx2<T, 0> : fwd_generic<T, 0>) : (avx ? bwd_avx2<T, 0> : bwd_generic<T, 0>);
   }
 #undef SS_CASE
+}
+
+// The lane-layout forward (selective_scan_cpu_lanes.h) for a call on instruction set isa (best_isa's
+// answer), or null where it does not apply: float, AVX-512, 16 states, the plain layout in step
+// order, a multiple of 16 channels per group. The caller sets a.blk_align = 16 before running it.
+template <typename T> TaskFn<T> pick_lanes_fwd(const Args<T>& a, Isa isa) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (isa == Isa::avx512 && !a.cross && !a.perm && a.N == kLaneWidth && a.cpg % kLaneWidth == 0)
+      return fwd_lanes_avx512;
+  }
+  return nullptr;
 }
 
 }  // namespace

@@ -1,0 +1,134 @@
+// The forward with channels in the SIMD lanes: AVX-512, float, 16 states, mamba's plain layout in
+// step order (what pick_lanes_fwd accepts). Included by selective_scan_cpu_kernels.h in namespace
+// avx512 only; no include guard, no #include (like that header).
+//
+// The state-layout kernels hold one channel's 16 states in a vector, so each step's output
+// y_t = sum_n h_n C_n is a sum across lanes (done 16 steps at a time by row_sums: with the per-step
+// products' stores and loads about a fifth of the forward). Here a vector holds one state of W = 16
+// consecutive channels of a group (they share the group's B and C): a lane group's 16 states are 16
+// vectors in registers, y accumulates lane by lane and B_t, C_t enter as broadcasts from the chunk's
+// (kChunk, 16) rows. u, delta and z come into (kChunk, W) buffers, y and the checkpoints go out,
+// through 8 x 8 transposes once per chunk. Each lane does the state layout's arithmetic (the same
+// decay, prologue and epilogue), so the checkpoints are the states the backward's recomputation
+// (state layout) continues from.
+
+constexpr int kLaneN = kLaneWidth;  // states: as many as lanes
+static_assert(VecT<float>::lanes == kLaneWidth, "the lane-layout forward is for 16-lane float vectors");
+
+// The next lane group's slices: W rows (row_bytes apart) of kChunk floats from each of n arrays. The
+// recursion asks for one cache line of each per step: a burst of them per chunk, or none (the
+// hardware prefetcher does not follow 32+ rows), left the transposes waiting on memory.
+struct LanePrefetch {
+  const char* p[3];
+  int n;
+  int64_t row_bytes;
+  SS_INLINE void step(int t) const {
+    constexpr int kLines = kChunk * int(sizeof(float)) / 64;  // per row and chunk
+    const int64_t off = (t / kLines) * row_bytes + (t % kLines) * 64;
+    for (int i = 0; i < n; ++i) __builtin_prefetch(p[i] + off, 0, 3);
+  }
+};
+static_assert(kChunk * sizeof(float) / 64 * kLaneWidth == kChunk, "one line per array and step covers a chunk");
+
+// The recursion of one lane group over nt steps: h (N vectors) in and out, y_t to yl (a row of W
+// lanes per step). Al: A * kDecayScale as N rows of W lanes.
+template <bool kClamp>
+SS_INLINE void lane_states(int nt, const float* dtl, const float* bul, const float* Bc, const float* Cc,
+                           const float* Al, vf* h_io, float* yl, const LanePrefetch& pf) {
+  constexpr int W = VecT<float>::lanes, N = kLaneN, K = 4;
+  vf h[N];  // in locals: the compiler keeps them in registers (see fused_states)
+  for (int n = 0; n < N; ++n) h[n] = h_io[n];
+  for (int t = 0; t < nt; ++t) {
+    pf.step(t);
+    const vf dtv = vload<vf>(dtl + t * W), buv = vload<vf>(bul + t * W);
+    vf acc[2] = {vf{}, vf{}};  // two chains of adds for y
+#pragma GCC unroll 16  // (rolled, h would be indexed at run time: in memory)
+    for (int n0 = 0; n0 < N; n0 += K) {  // K states' decays at a time (the 16 would spill)
+      vf a[K];
+      SS_EACH a[i] = dtv * vload<vf>(Al + (n0 + i) * W);
+      vdecay_k<K, kClamp>(a);
+      SS_EACH {
+        h[n0 + i] = a[i] * h[n0 + i] + buv * vsplat<vf>(Bc[t * N + n0 + i]);
+        acc[i & 1] += h[n0 + i] * vsplat<vf>(Cc[t * N + n0 + i]);
+      }
+    }
+    vstore(yl + t * W, acc[0] + acc[1]);
+  }
+  for (int n = 0; n < N; ++n) h_io[n] = h[n];
+}
+
+// W rows (channels, fs apart) of a chunk into a (kChunk, W) lane buffer, rows past nt zero.
+SS_INLINE void rows_to_lanes(const float* src, int64_t fs, int nt, float* dst) {
+  constexpr int W = VecT<float>::lanes;
+  copy_feature_major(dst, const_cast<float*>(src), fs, W, W, nt, true);
+  std::fill(dst + nt * W, dst + kChunk * W, 0.0f);
+}
+
+SS_INLINE void fwd_lanes_task(const Args<float>& a, int64_t task) {
+  typedef float T;
+  constexpr int W = VecT<T>::lanes, N = kLaneN;
+  const Block k = block_of(a, task);  // (a.blk_align = W: blocks are whole lane groups)
+  const int64_t ngr = (k.c_hi - k.c_lo) / W, b = k.b, L = a.L, nck = a.nchunks;
+  if (ngr <= 0) return;
+
+  Buf<T> bufB(kChunk * N, T(0)), bufC(kChunk * N, T(0)), dtsb(1);
+  Buf<T> Al(ngr * N * W), amax(ngr * W), hs(ngr * N * W);
+  // (kChunk, W) lane buffers, four so that they and the prefetched rows fit L1 with the B / C rows:
+  // dt replaces delta in place, then z and the y rows take its place; sigmoid(z) takes dt * u's
+  Buf<T> ul(kChunk * W), dtl(kChunk * W), bul(kChunk * W), yl(kChunk * W);
+  T* const xl = dtl.data();
+  T* const zl = dtl.data();
+  T* const yrows = dtl.data();
+  T* const sgl = bul.data();
+  for (int64_t g = k.g_lo; g < k.g_hi; ++g) {
+    const int64_t d_lo = g * a.cpg + k.c_lo;  // the block's first channel
+    for (int64_t j = 0; j < ngr; ++j)
+      for (int w = 0; w < W; ++w) {
+        T m = 0;
+        for (int n = 0; n < N; ++n) {
+          const T v = a.A[(d_lo + j * W + w) * N + n] * kDecayScale<T>;
+          Al[(j * N + n) * W + w] = v;
+          m = std::max(m, std::abs(v));
+        }
+        amax[j * W + w] = m;
+      }
+    std::fill(hs.begin(), hs.end(), T(0));
+    const int64_t goff = b * a.rows_bs + g * a.rows_gs;
+    for (int64_t c = 0; c < nck; ++c) {
+      const ChunkSpan sp = chunk_span(nullptr, L, c);
+      load_rows(a, goff, N, sp, bufB.data(), bufC.data(), dtsb.data());
+      for (int64_t j = 0; j < ngr; ++j) {
+        const int64_t d0 = d_lo + j * W, bd = b * a.dim + d0;  // the lane group's first channel / row
+        // the next lane group's rows: this chunk's next group, or the next chunk's first
+        LanePrefetch pf{{nullptr, nullptr, nullptr}, 0, int64_t(sizeof(T)) * L};
+        const int64_t nbd = j + 1 < ngr ? bd + W : b * a.dim + d_lo, nt0 = j + 1 < ngr ? sp.t0 : sp.t0 + kChunk;
+        if (j + 1 < ngr || c + 1 < nck)
+          for (const T* arr : {a.u, a.delta, a.z})
+            if (arr) pf.p[pf.n++] = reinterpret_cast<const char*>(arr + nbd * L + nt0);
+        rows_to_lanes(a.u + bd * L + sp.t0, L, sp.nt, ul.data());
+        rows_to_lanes(a.delta + bd * L + sp.t0, L, sp.nt, xl);
+        prologue_run(a, a.bias ? vload<vf>(a.bias + d0) : vf{}, kChunk * W, dtl.data(), ul.data(), bul.data(), xl);
+        vf h[N];
+        for (int n = 0; n < N; ++n) h[n] = vload<vf>(&hs[(j * N + n) * W]);
+        if (a.ckpt)  // the chunk's start state of each channel: (batch, dim, nchunks, N)
+          copy_feature_major(&hs[j * N * W], a.ckpt + (bd * nck + c) * N, nck * N, W, W, N, false);
+        const T* Aj = &Al[j * N * W];
+        if (decay_args_in_range(dtl.data(), vload<vf>(&amax[j * W]), kChunk * W))
+          lane_states<false>(sp.nt, dtl.data(), bul.data(), bufB.data(), bufC.data(), Aj, h, yl.data(), pf);
+        else
+          lane_states<true>(sp.nt, dtl.data(), bul.data(), bufB.data(), bufC.data(), Aj, h, yl.data(), pf);
+        for (int n = 0; n < N; ++n) vstore(&hs[(j * N + n) * W], h[n]);
+        if (a.z) rows_to_lanes(a.z + bd * L + sp.t0, L, sp.nt, zl);
+        skip_and_gate(a, a.D ? vload<vf>(a.D + d0) : vf{}, kChunk * W, yl.data(), ul.data(),
+                      a.z ? zl : nullptr, sgl);
+        copy_feature_major(yl.data(), yrows, kChunk, W, W, sp.nt, false);  // back to rows
+        for (int w = 0; w < W; ++w)
+          scatter(a.y + (bd + w) * L, 1, nullptr, sp.t0, sp.nt, yrows + w * kChunk, false, a.stream);
+      }
+    }
+    if (a.last)
+      for (int64_t j = 0; j < ngr; ++j)
+        copy_feature_major(&hs[j * N * W], a.last + (b * a.dim + d_lo + j * W) * N, N, W, W, N, false);
+  }
+  stream_fence(a.stream);
+}
