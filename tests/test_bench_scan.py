@@ -29,6 +29,6 @@ def test_scan_bench_quick_prints_every_row_with_floors(tmp_path):
         cells = [c.strip() for c in row]
         assert float(cells[6]) < 1e-5  # error against the float64 reference (computed in a child)
         assert float(cells[9]) > 1.0  # no call beats the arithmetic/memory floor
-    ratios = next(line for line in out.stdout.splitlines() if line.startswith('cpu (widest instruction set)'))
+    ratios = next(line for line in out.stdout.splitlines() if line.startswith('cpu (defaults) vs cpu[variant]'))
     assert re.search(r'b2 2x8 N16 L300 fwd vs cpu\[generic\]: [0-9.]+x', ratios), ratios
     assert not (tmp_path / 'results' / 'scan_bench.json').exists()  # --quick writes nothing

@@ -56,20 +56,26 @@ def make_inputs(shape, dtype, requires_grad):
 
 
 def split_backend(name: str):
-    """'cpu[avx2]' -> ('cpu', 'avx2'): the cpu backend with its instruction set capped; 'cpu' -> ('cpu', '')."""
-    backend, _, isa = name.partition('[')
-    return backend, isa.rstrip(']')
+    """'cpu[avx2]' -> ('cpu', 'avx2'): a backend and its variant (an instruction-set cap, 'states' or
+    'reuse'); 'cpu' -> ('cpu', '')."""
+    backend, _, variant = name.partition('[')
+    return backend, variant.rstrip(']')
 
 
 def child(spec: dict) -> dict:
     """One measurement in this (fresh) process."""
-    backend, isa = split_backend(spec['backend'])
-    if isa:
-        os.environ['SERPENT_CPU_ISA'] = isa  # read when the kernel loads
+    backend, variant = split_backend(spec['backend'])
+    if variant == 'reuse':
+        os.environ['SERPENT_MALLOC_REUSE'] = '1'  # applied by `import serpent_basicsr`
+    elif variant and variant != 'states':
+        os.environ['SERPENT_CPU_ISA'] = variant  # read when the kernel loads
     import torch
     sys.path.insert(0, str(ROOT))
     torch.set_num_threads(spec['threads'])
     from serpent_basicsr.ops import selective_scan
+    if variant == 'states':
+        from serpent_basicsr.ops import cpu_scan
+        cpu_scan.load().set_lane_forward(False)
     shape, mode = tuple(spec['shape']), spec['mode']
     grad = mode == 'fwd+bwd'
     x = make_inputs(shape, torch.float32, grad)
@@ -193,15 +199,15 @@ def to_markdown(res: dict) -> str:
         err = f"{r['rel_err']:.1e}" if 'rel_err' in r else '-'
         lines.append(f"| {r['shape_name']} | {r['mode']} | {r['backend']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | "
                      f"{r['peak_extra_mb']:.0f} | {err} | {speed} | {r['floor_ms']:.2f} | {r['x_floor']:.1f} |")
-    ratios = isa_ratios(res['rows'])
+    ratios = variant_ratios(res['rows'])
     if ratios:
-        lines += ['', 'cpu (widest instruction set) vs the same kernels capped at another, same run (median, x faster): '
+        lines += ['', 'cpu (defaults) vs cpu[variant], same run (median; above 1: cpu is faster): '
                   + '; '.join(f'{k}: {v:.2f}x' for k, v in ratios.items())]
     return '\n'.join(lines) + '\n'
 
 
-def isa_ratios(rows) -> dict:
-    """Speed of the plain cpu rows over the cpu[isa] rows of the same shape and mode."""
+def variant_ratios(rows) -> dict:
+    """Speed of the plain cpu rows over the cpu[variant] rows of the same shape and mode."""
     med = {(r['shape_name'], r['mode'], r['backend']): r['median_ms'] for r in rows if 'error' not in r}
     return {f"{name} {mode} vs {backend}": med[name, mode, backend] / med[name, mode, 'cpu']
             for (name, mode, backend) in med if backend.startswith('cpu[') and (name, mode, 'cpu') in med}
@@ -213,8 +219,10 @@ def main() -> None:
     ap.add_argument('--ref64', help=argparse.SUPPRESS)
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--backends', default='auto',
-                    help="comma list (cpu[avx2] / cpu[generic]: the cpu kernels capped at that instruction set), "
-                         "or 'auto': every CPU backend + ref, and cpu[avx2] where the CPU has AVX-512")
+                    help="comma list of backends and cpu variants: cpu[avx2] / cpu[generic] (the kernels capped at "
+                         "that instruction set), cpu[states] (the state-layout forward everywhere), cpu[reuse] "
+                         "(SERPENT_MALLOC_REUSE=1); or 'auto': every CPU backend + ref, cpu[reuse], and where the "
+                         "CPU has AVX-512 cpu[avx2] and cpu[states]")
     ap.add_argument('--ref-max-length', type=int, default=4096,
                     help='skip the reference loop above this length (it is slow and large); 0 = never skip')
     ap.add_argument('--reps', type=int, default=5, help='timed calls per measurement (ref: at most 2)')
@@ -237,8 +245,9 @@ def main() -> None:
     if args.backends == 'auto':
         backends = [b for b in available_backends() if b in ('cpu', 'torch')] + ['ref']
         from serpent_basicsr.ops import cpu_scan
-        if 'cpu' in backends and cpu_scan.load().has_isa('avx512'):
-            backends.insert(backends.index('cpu') + 1, 'cpu[avx2]')  # the AVX2 kernels, for the ratio
+        if 'cpu' in backends:  # variants, for the ratios: allocator reuse; the AVX2 kernels, the state layout
+            extra = ['cpu[reuse]'] + (['cpu[avx2]', 'cpu[states]'] if cpu_scan.load().has_isa('avx512') else [])
+            backends[backends.index('cpu') + 1:backends.index('cpu') + 1] = extra
     else:
         backends = args.backends.split(',')
     out_dir = Path(args.out)

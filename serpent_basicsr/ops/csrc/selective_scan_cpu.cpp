@@ -36,6 +36,11 @@
 // transpose-add instead of a horizontal sum per step). The next channel's u/delta/z/y slices are
 // prefetched (L floats apart: the hardware prefetcher misses them).
 //
+// Forwards that can (AVX-512, float, d_state 16, plain layout in step order, a multiple of 16
+// channels per group) take a second layout instead (selective_scan_cpu_lanes.h): 16 channels of a
+// group in the lanes of a vector, one vector per state, so y needs no sums across lanes; the
+// backward keeps the state layout and continues from the same checkpoints.
+//
 // SIMD: the kernels use GCC vector extensions and live in selective_scan_cpu_kernels.h, compiled
 // three times: SSE2 (namespace generic, 32-byte vectors), AVX2+FMA (namespace avx2) and AVX-512
 // (namespace avx512: 64-byte float vectors, used for float states in whole 16-lane vectors), each
