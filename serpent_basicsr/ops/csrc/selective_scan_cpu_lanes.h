@@ -1,5 +1,5 @@
 // The forward with channels in the SIMD lanes: AVX-512, float, 16 states, mamba's plain layout in
-// step order (what pick_lanes_fwd accepts). Included by selective_scan_cpu_kernels.h in namespace
+// step order or SS2D's cross layout (what pick_lanes_fwd accepts). Included by selective_scan_cpu_kernels.h in namespace
 // avx512 only; no include guard, no #include (like that header).
 //
 // The state-layout kernels hold one channel's 16 states in a vector, so each step's output
@@ -64,6 +64,37 @@ SS_INLINE void rows_to_lanes(const float* src, int64_t fs, int nt, float* dst) {
   std::fill(dst + nt * W, dst + kChunk * W, 0.0f);
 }
 
+// Cross mode: the chunk's steps of W consecutive channels of a channels-last (.., L, ps) tensor (one
+// vector per step, at its stored position) into a lane buffer, rows past nt zero; and back, y written
+// or (add: a later group's share of the merged y) added.
+SS_INLINE void columns_to_lanes(const float* base, int64_t ps, const int32_t* idx, int64_t t0, int nt, float* dst) {
+  constexpr int W = VecT<float>::lanes;
+  for (int t = 0; t < nt; ++t) vstore(dst + t * W, vload<vf>(base + pos_of(idx, t0, t) * ps));
+  std::fill(dst + nt * W, dst + kChunk * W, 0.0f);
+}
+SS_INLINE void lanes_to_columns(float* base, int64_t ps, const int32_t* idx, int64_t t0, int nt, const float* src,
+                                bool add) {
+  constexpr int W = VecT<float>::lanes;
+  for (int t = 0; t < nt; ++t) {
+    float* p = base + pos_of(idx, t0, t) * ps;
+    vstore(p, add ? vload<vf>(p) + vload<vf>(src + t * W) : vload<vf>(src + t * W));
+  }
+}
+
+// Cross mode: delta of a lane group over the chunk from the rows' R dt inputs (dts: (R, kChunk), zero
+// past nt), the state layout's project_dt with the W channels' weights as lanes (wl: R rows of W).
+SS_INLINE void project_dt_lanes(const float* dts, const float* wl, int64_t R, float* xl) {
+  constexpr int W = VecT<float>::lanes;
+  for (int t = 0; t < kChunk; ++t) {
+    vf acc = vf{};
+    for (int64_t r = 0; r < R; ++r) acc += vload<vf>(wl + r * W) * vsplat<vf>(dts[r * kChunk + t]);
+    vstore(xl + t * W, acc);
+  }
+}
+
+// Plain mode: u, delta, z, y are (batch, dim, L) rows (transposed per chunk); cross mode (SS2D): u and
+// y channels-last (batch, L, cpg), u shared by the groups and y summed over them (read as columns of
+// W channels at each step's stored position), delta from the rows' dt inputs, no z.
 SS_INLINE void fwd_lanes_task(const Args<float>& a, int64_t task) {
   typedef float T;
   constexpr int W = VecT<T>::lanes, N = kLaneN;
@@ -71,8 +102,9 @@ SS_INLINE void fwd_lanes_task(const Args<float>& a, int64_t task) {
   const int64_t ngr = (k.c_hi - k.c_lo) / W, b = k.b, L = a.L, nck = a.nchunks;
   if (ngr <= 0) return;
 
-  Buf<T> bufB(kChunk * N, T(0)), bufC(kChunk * N, T(0)), dtsb(1);
-  Buf<T> Al(ngr * N * W), amax(ngr * W), hs(ngr * N * W);
+  const int64_t R = a.R, ps = chan_ps(a);
+  Buf<T> bufB(kChunk * N, T(0)), bufC(kChunk * N, T(0)), dtsb(kChunk * R + 1);
+  Buf<T> Al(ngr * N * W), amax(ngr * W), hs(ngr * N * W), Wl(ngr * R * W + 1);
   // (kChunk, W) lane buffers, four so that they and the prefetched rows fit L1 with the B / C rows:
   // dt replaces delta in place, then z and the y rows take its place; sigmoid(z) takes dt * u's
   Buf<T> ul(kChunk * W), dtl(kChunk * W), bul(kChunk * W), yl(kChunk * W);
@@ -92,21 +124,29 @@ SS_INLINE void fwd_lanes_task(const Args<float>& a, int64_t task) {
         }
         amax[j * W + w] = m;
       }
+    for (int64_t j = 0; j < ngr * R; ++j)  // cross: the dt weights, R rows of W lanes per lane group
+      for (int w = 0; w < W; ++w) Wl[j * W + w] = a.Wdt[(d_lo + j / R * W + w) * R + j % R];
     std::fill(hs.begin(), hs.end(), T(0));
     const int64_t goff = b * a.rows_bs + g * a.rows_gs;
+    const int32_t* perm = a.perm ? a.perm + g * L : nullptr;  // (cross mode only)
     for (int64_t c = 0; c < nck; ++c) {
-      const ChunkSpan sp = chunk_span(nullptr, L, c);
+      const ChunkSpan sp = chunk_span(perm, L, c);
       load_rows(a, goff, N, sp, bufB.data(), bufC.data(), dtsb.data());
       for (int64_t j = 0; j < ngr; ++j) {
         const int64_t d0 = d_lo + j * W, bd = b * a.dim + d0;  // the lane group's first channel / row
-        // the next lane group's rows: this chunk's next group, or the next chunk's first
         LanePrefetch pf{{nullptr, nullptr, nullptr}, 0, int64_t(sizeof(T)) * L};
-        const int64_t nbd = j + 1 < ngr ? bd + W : b * a.dim + d_lo, nt0 = j + 1 < ngr ? sp.t0 : sp.t0 + kChunk;
-        if (j + 1 < ngr || c + 1 < nck)
-          for (const T* arr : {a.u, a.delta, a.z})
-            if (arr) pf.p[pf.n++] = reinterpret_cast<const char*>(arr + nbd * L + nt0);
-        rows_to_lanes(a.u + bd * L + sp.t0, L, sp.nt, ul.data());
-        rows_to_lanes(a.delta + bd * L + sp.t0, L, sp.nt, xl);
+        if (a.cross) {  // (the next lane group's columns are the next cache line of the same steps)
+          columns_to_lanes(a.u + chan_off(a, b, g, k.c_lo + j * W), ps, sp.idx, sp.t0, sp.nt, ul.data());
+          project_dt_lanes(dtsb.data(), &Wl[j * R * W], R, xl);
+        } else {
+          // the next lane group's rows: this chunk's next group, or the next chunk's first
+          const int64_t nbd = j + 1 < ngr ? bd + W : b * a.dim + d_lo, nt0 = j + 1 < ngr ? sp.t0 : sp.t0 + kChunk;
+          if (j + 1 < ngr || c + 1 < nck)
+            for (const T* arr : {a.u, a.delta, a.z})
+              if (arr) pf.p[pf.n++] = reinterpret_cast<const char*>(arr + nbd * L + nt0);
+          rows_to_lanes(a.u + bd * L + sp.t0, L, sp.nt, ul.data());
+          rows_to_lanes(a.delta + bd * L + sp.t0, L, sp.nt, xl);
+        }
         prologue_run(a, a.bias ? vload<vf>(a.bias + d0) : vf{}, kChunk * W, dtl.data(), ul.data(), bul.data(), xl);
         vf h[N];
         for (int n = 0; n < N; ++n) h[n] = vload<vf>(&hs[(j * N + n) * W]);
@@ -121,9 +161,13 @@ SS_INLINE void fwd_lanes_task(const Args<float>& a, int64_t task) {
         if (a.z) rows_to_lanes(a.z + bd * L + sp.t0, L, sp.nt, zl);
         skip_and_gate(a, a.D ? vload<vf>(a.D + d0) : vf{}, kChunk * W, yl.data(), ul.data(),
                       a.z ? zl : nullptr, sgl);
-        copy_feature_major(yl.data(), yrows, kChunk, W, W, sp.nt, false);  // back to rows
-        for (int w = 0; w < W; ++w)
-          scatter(a.y + (bd + w) * L, 1, nullptr, sp.t0, sp.nt, yrows + w * kChunk, false, a.stream);
+        if (a.cross) {
+          lanes_to_columns(a.y + chan_off(a, b, g, k.c_lo + j * W), ps, sp.idx, sp.t0, sp.nt, yl.data(), g > 0);
+        } else {
+          copy_feature_major(yl.data(), yrows, kChunk, W, W, sp.nt, false);  // back to rows
+          for (int w = 0; w < W; ++w)
+            scatter(a.y + (bd + w) * L, 1, nullptr, sp.t0, sp.nt, yrows + w * kChunk, false, a.stream);
+        }
       }
     }
     if (a.last)
