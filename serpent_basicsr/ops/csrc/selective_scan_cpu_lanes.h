@@ -15,17 +15,41 @@
 constexpr int kLaneN = kLaneWidth;  // states: as many as lanes
 static_assert(VecT<float>::lanes == kLaneWidth, "the lane-layout forward is for 16-lane float vectors");
 
-// The next lane group's slices: W rows (row_bytes apart) of kChunk floats from each of n arrays. The
-// recursion asks for one cache line of each per step: a burst of them per chunk, or none (the
-// hardware prefetcher does not follow 32+ rows), left the transposes waiting on memory.
+// What the next lane group (or chunk) will read, asked for one piece per recursion step: a burst of
+// prefetches per chunk, or none (the hardware prefetcher follows neither 32+ rows nor permuted step
+// orders), left the loads of the inputs waiting on memory. Plain mode: W rows (row_bytes apart) of
+// kChunk floats per array, one cache line of each per step. Cross mode: per step, the lines at that
+// step's stored position (pos_of(idx, t0, t) * stride bytes past base) of each stream.
 struct LanePrefetch {
-  const char* p[3];
-  int n;
-  int64_t row_bytes;
+  struct Stream {
+    const char* base;
+    int64_t stride;      // plain: bytes between the rows; cross: bytes per stored position
+    const int32_t* idx;  // cross: the chunk's positions (null: t0 + t)
+    int64_t t0;
+    int nt, lines;       // cross: steps, cache lines per step
+    bool write;
+  };
+  Stream s[4];
+  int n = 0;
+  bool rows = true;
+  void add(const void* base, int64_t stride, const int32_t* idx = nullptr, int64_t t0 = 0, int nt = 0, int lines = 1,
+           bool write = false) {
+    s[n++] = Stream{static_cast<const char*>(base), stride, idx, t0, nt, lines, write};
+  }
   SS_INLINE void step(int t) const {
     constexpr int kLines = kChunk * int(sizeof(float)) / 64;  // per row and chunk
-    const int64_t off = (t / kLines) * row_bytes + (t % kLines) * 64;
-    for (int i = 0; i < n; ++i) __builtin_prefetch(p[i] + off, 0, 3);
+    for (int i = 0; i < n; ++i) {
+      const Stream& q = s[i];
+      if (rows) {
+        __builtin_prefetch(q.base + (t / kLines) * q.stride + (t % kLines) * 64, 0, 3);
+      } else if (t < q.nt) {
+        const char* at = q.base + pos_of(q.idx, q.t0, t) * q.stride;
+        for (int l = 0; l < q.lines; ++l) {
+          if (q.write) __builtin_prefetch(at + 64 * l, 1, 3);
+          else __builtin_prefetch(at + 64 * l, 0, 3);
+        }
+      }
+    }
   }
 };
 static_assert(kChunk * sizeof(float) / 64 * kLaneWidth == kChunk, "one line per array and step covers a chunk");
@@ -134,8 +158,24 @@ SS_INLINE void fwd_lanes_task(const Args<float>& a, int64_t task) {
       load_rows(a, goff, N, sp, bufB.data(), bufC.data(), dtsb.data());
       for (int64_t j = 0; j < ngr; ++j) {
         const int64_t d0 = d_lo + j * W, bd = b * a.dim + d0;  // the lane group's first channel / row
-        LanePrefetch pf{{nullptr, nullptr, nullptr}, 0, int64_t(sizeof(T)) * L};
-        if (a.cross) {  // (the next lane group's columns are the next cache line of the same steps)
+        LanePrefetch pf;
+        if (a.cross) {
+          // the next lane group's u and y columns (this chunk's steps; after the last group, the next
+          // chunk's first group), and with the first group the next chunk's rows
+          pf.rows = false;
+          const bool last = j + 1 == ngr;
+          const ChunkSpan nx = last && c + 1 < nck ? chunk_span(perm, L, c + 1) : sp;
+          if (!last || c + 1 < nck) {
+            const int64_t c1 = last ? k.c_lo : k.c_lo + (j + 1) * W, pb = sizeof(T) * ps;
+            pf.add(a.u + chan_off(a, b, g, c1), pb, nx.idx, nx.t0, nx.nt);
+            pf.add(a.y + chan_off(a, b, g, c1), pb, nx.idx, nx.t0, nx.nt, 1, true);
+          }
+          if (j == 0 && c + 1 < nck) {
+            const ChunkSpan n1 = chunk_span(perm, L, c + 1);
+            const T* rows = a.rows_dt ? a.rows_dt : a.rows_B;
+            const int row_lines = int((sizeof(T) * (R + 2 * N) + 63) / 64);
+            pf.add(rows + goff, sizeof(T) * a.rows_ps, n1.idx, n1.t0, n1.nt, row_lines);
+          }
           columns_to_lanes(a.u + chan_off(a, b, g, k.c_lo + j * W), ps, sp.idx, sp.t0, sp.nt, ul.data());
           project_dt_lanes(dtsb.data(), &Wl[j * R * W], R, xl);
         } else {
@@ -143,7 +183,7 @@ SS_INLINE void fwd_lanes_task(const Args<float>& a, int64_t task) {
           const int64_t nbd = j + 1 < ngr ? bd + W : b * a.dim + d_lo, nt0 = j + 1 < ngr ? sp.t0 : sp.t0 + kChunk;
           if (j + 1 < ngr || c + 1 < nck)
             for (const T* arr : {a.u, a.delta, a.z})
-              if (arr) pf.p[pf.n++] = reinterpret_cast<const char*>(arr + nbd * L + nt0);
+              if (arr) pf.add(arr + nbd * L + nt0, int64_t(sizeof(T)) * L);
           rows_to_lanes(a.u + bd * L + sp.t0, L, sp.nt, ul.data());
           rows_to_lanes(a.delta + bd * L + sp.t0, L, sp.nt, xl);
         }
