@@ -188,7 +188,7 @@ def test_cpu_kernel_isas_agree(n):
 
     def cross(dtype):
         g = torch.Generator().manual_seed(n)
-        k, d, h, w, r = 4, 6, 9, 11, 3
+        k, d, h, w, r = 4, 10, 9, 11, 3  # (10 channels: 8 x 8 column transposes and an edge)
         f = dict(generator=g, dtype=torch.float64)
         leaves = [t.to(dtype).requires_grad_() for t in (
             torch.randn(1, h * w, d, **f), torch.randn(1, h * w, k, r + 2 * n, **f), 0.5 * torch.randn(k * d, r, **f),

@@ -224,12 +224,11 @@ SS_INLINE void row_sums(const double* rows, int n, double* out) {
 // Position (in the stored sequence) of step t of a chunk: idx[t] with a permutation, else t0 + t.
 SS_INLINE int64_t pos_of(const int32_t* idx, int64_t t0, int t) { return idx ? int64_t(idx[t]) : t0 + t; }
 
-// 8 x 8 float transpose: row i of src (8 floats at src + i * ss) becomes column i of dst (row j at
-// dst + j * ds). Three rounds of two-operand shuffles (unpack, 64-bit pairs, 128-bit halves).
-SS_INLINE void transpose8(const float* src, int64_t ss, float* dst, int64_t ds) {
+// 8 x 8 float transpose in registers: c[j] = column j of the rows r[0..7]. Three rounds of
+// two-operand shuffles (unpack, 64-bit pairs, 128-bit halves).
+SS_INLINE void transpose8_regs(const vf8* r, vf8* c) {
   typedef vi32x8 vi32;
-  vf8 r[8], t[8], q[8];
-  for (int i = 0; i < 8; ++i) r[i] = vload<vf8>(src + i * ss);
+  vf8 t[8], q[8];
   for (int i = 0; i < 4; ++i) {
     t[2 * i] = __builtin_shuffle(r[2 * i], r[2 * i + 1], vi32{0, 8, 1, 9, 4, 12, 5, 13});
     t[2 * i + 1] = __builtin_shuffle(r[2 * i], r[2 * i + 1], vi32{2, 10, 3, 11, 6, 14, 7, 15});
@@ -241,9 +240,18 @@ SS_INLINE void transpose8(const float* src, int64_t ss, float* dst, int64_t ds) 
     }
   // q[0..3] hold columns (0|4), (1|5), (2|6), (3|7) of rows 0-3; q[4..7] the same of rows 4-7
   for (int j = 0; j < 4; ++j) {
-    vstore(dst + j * ds, __builtin_shuffle(q[j], q[4 + j], vi32{0, 1, 2, 3, 8, 9, 10, 11}));
-    vstore(dst + (j + 4) * ds, __builtin_shuffle(q[j], q[4 + j], vi32{4, 5, 6, 7, 12, 13, 14, 15}));
+    c[j] = __builtin_shuffle(q[j], q[4 + j], vi32{0, 1, 2, 3, 8, 9, 10, 11});
+    c[j + 4] = __builtin_shuffle(q[j], q[4 + j], vi32{4, 5, 6, 7, 12, 13, 14, 15});
   }
+}
+
+// 8 x 8 float transpose: row i of src (8 floats at src + i * ss) becomes column i of dst (row j at
+// dst + j * ds).
+SS_INLINE void transpose8(const float* src, int64_t ss, float* dst, int64_t ds) {
+  vf8 r[8], c[8];
+  for (int i = 0; i < 8; ++i) r[i] = vload<vf8>(src + i * ss);
+  transpose8_regs(r, c);
+  for (int j = 0; j < 8; ++j) vstore(dst + j * ds, c[j]);
 }
 
 // Copies an (n, t) block of a feature-major array (feature f, step t at src[f * fs + t]) to the
@@ -268,6 +276,47 @@ SS_INLINE void copy_feature_major(T* buf, T* arr, int64_t fs, int64_t N, int64_t
       if (to_buffer) buf[t * Np + n] = arr[n * fs + t];
       else arr[n * fs + t] = buf[t * Np + n];
     }
+}
+
+// Cross mode: the chunk's values of channels [0, n) of a channels-last tensor (step t's n values
+// contiguous at base + pos(t) * ps) to the rows of an (n, kChunk) buffer (rows[i * kChunk + t], zero
+// past nt), or back (to_rows false; written, or added with add), in 8 x 8 transposes where whole.
+// Channel by channel, each gather re-read the chunk's lines of every step (permuted positions, L2 or
+// memory): ~20% of the cross-mode backward in perf samples.
+template <typename T>
+SS_INLINE void move_columns(T* base, int64_t ps, const int32_t* idx, int64_t t0, int nt, int64_t n, T* rows,
+                            bool to_rows, bool add) {
+  int64_t n8 = 0;
+  int t8 = 0;
+  if constexpr (std::is_same<T, float>::value) {
+    n8 = n / 8 * 8;
+    t8 = nt / 8 * 8;
+    for (int t = 0; t < t8; t += 8) {
+      float* col[8];
+      for (int k = 0; k < 8; ++k) col[k] = base + pos_of(idx, t0, t + k) * ps;
+      for (int64_t i = 0; i < n8; i += 8) {
+        vf8 r[8], c[8];
+        if (to_rows) {
+          for (int k = 0; k < 8; ++k) r[k] = vload<vf8>(col[k] + i);
+          transpose8_regs(r, c);
+          for (int j = 0; j < 8; ++j) vstore(rows + (i + j) * kChunk + t, c[j]);
+        } else {
+          for (int j = 0; j < 8; ++j) r[j] = vload<vf8>(rows + (i + j) * kChunk + t);
+          transpose8_regs(r, c);
+          for (int k = 0; k < 8; ++k) vstore(col[k] + i, add ? vload<vf8>(col[k] + i) + c[k] : c[k]);
+        }
+      }
+    }
+  }
+  for (int t = 0; t < nt; ++t) {
+    T* col = base + pos_of(idx, t0, t) * ps;
+    for (int64_t i = t < t8 ? n8 : 0; i < n; ++i) {
+      if (to_rows) rows[i * kChunk + t] = col[i];
+      else col[i] = add ? col[i] + rows[i * kChunk + t] : rows[i * kChunk + t];
+    }
+  }
+  if (to_rows)
+    for (int64_t i = 0; i < n; ++i) std::fill(rows + i * kChunk + nt, rows + (i + 1) * kChunk, T(0));
 }
 
 // Moves the chunk's rows of one (batch, group) between the tensor and the chunk buffers (kToBuffer:
@@ -737,6 +786,7 @@ SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
   alignas(64) T dtb[kChunk], ub[kChunk], bub[kChunk], xb[kChunk], yb[kChunk];
   Buf<T> amax(nch);
   const int64_t ps = chan_ps(a);
+  Buf<T> colU(a.cross ? nch * kChunk : 0), colY(a.cross ? nch * kChunk : 0);  // cross: see move_columns
   for (int64_t g = k.g_lo; g < k.g_hi; ++g) {
     std::fill(hs.begin(), hs.end(), T(0));
     for (int64_t i = 0; i < nch; ++i) {
@@ -752,6 +802,9 @@ SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
     for (int64_t c = 0; c < a.nchunks; ++c) {
       const ChunkSpan sp = chunk_span(perm, L, c);
       load_rows(a, goff, Np, sp, bufB.data(), bufC.data(), dtsb.data());
+      if (a.cross)
+        move_columns(const_cast<T*>(a.u) + chan_off(a, b, 0, k.c_lo), ps, sp.idx, sp.t0, sp.nt, nch, colU.data(), true,
+                     false);
       for (int64_t i = 0; i < nch; ++i) {
         const int64_t cc = k.c_lo + i, d = g * a.cpg + cc, bd = b * a.dim + d;
         // (channels-last slices in cross mode were just read by the previous channel)
@@ -762,7 +815,8 @@ SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
           if (a.z) prefetch_span(a.z + (bd + 1) * L + sp.lo, bytes);
           if (!a.stream) prefetch_span_w(a.y + chan_off(a, b, g, cc + 1) + sp.lo, bytes);
         }
-        gather(a.u + chan_off(a, b, g, cc), ps, sp.idx, sp.t0, sp.nt, ub);
+        if (a.cross) copy_run(ub, &colU[i * kChunk], kChunk);
+        else gather(a.u + chan_off(a, b, g, cc), ps, sp.idx, sp.t0, sp.nt, ub);
         if (a.R > 0) project_dt(dtsb.data(), a.Wdt + d * a.R, a.R, xb);
         else gather(a.delta + bd * L, 1, sp.idx, sp.t0, sp.nt, xb);
         chunk_prologue(a, d, dtb, ub, bub, xb);
@@ -781,8 +835,11 @@ SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
         alignas(64) T zb[kChunk], sgb[kChunk];
         if (a.z) gather(a.z + bd * L, 1, sp.idx, sp.t0, sp.nt, zb);
         skip_and_gate(a, vsplat<V>(a.D ? a.D[d] : T(0)), kChunk, yb, ub, a.z ? zb : nullptr, sgb);
-        scatter(a.y + chan_off(a, b, g, cc), ps, sp.idx, sp.t0, sp.nt, yb, accumulate_y, a.stream);
+        if (a.cross) copy_run(&colY[i * kChunk], yb, kChunk);
+        else scatter(a.y + chan_off(a, b, g, cc), ps, sp.idx, sp.t0, sp.nt, yb, accumulate_y, a.stream);
       }
+      if (a.cross)
+        move_columns(a.y + chan_off(a, b, 0, k.c_lo), ps, sp.idx, sp.t0, sp.nt, nch, colY.data(), false, accumulate_y);
     }
     if (a.last)
       for (int64_t i = 0; i < nch; ++i)
@@ -829,6 +886,9 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
   T* s1b = scratch.rowsum1.data();
   T* s2b = scratch.rowsum2.data();
   const int64_t ps = chan_ps(a);
+  // cross mode: the block's u, dout and du columns of the chunk as rows (move_columns)
+  Buf<T> colU(a.cross ? nch * kChunk : 0), colDy(a.cross ? nch * kChunk : 0), colDu(a.cross ? nch * kChunk : 0);
+  T* const u_cols = const_cast<T*>(a.u) + chan_off(a, b, 0, k.c_lo);
 
   for (int64_t g = k.g_lo; g < k.g_hi; ++g) {
     for (int64_t i = 0; i < nch; ++i) {
@@ -854,6 +914,11 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
       std::fill(bufdB.begin(), bufdB.end(), T(0));
       std::fill(bufdC.begin(), bufdC.end(), T(0));
       std::fill(bufddts.begin(), bufddts.end(), T(0));
+      if (a.cross) {
+        move_columns(u_cols, ps, sp.idx, sp.t0, sp.nt, nch, colU.data(), true, false);
+        move_columns(const_cast<T*>(a.dout) + chan_off(a, b, 0, k.c_lo), ps, sp.idx, sp.t0, sp.nt, nch, colDy.data(),
+                     true, false);
+      }
       for (int64_t i = 0; i < nch; ++i) {
         const int64_t cc = k.c_lo + i, d = g * a.cpg + cc, bd = b * a.dim + d;
         if (i + 1 < nch) {
@@ -870,7 +935,8 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
             }
           }
         }
-        gather(a.u + chan_off(a, b, g, cc), ps, sp.idx, sp.t0, sp.nt, ub);
+        if (a.cross) copy_run(ub, &colU[i * kChunk], kChunk);
+        else gather(a.u + chan_off(a, b, g, cc), ps, sp.idx, sp.t0, sp.nt, ub);
         if (R > 0) project_dt(dtsb.data(), a.Wdt + d * R, R, xb);
         else gather(a.delta + bd * L, 1, sp.idx, sp.t0, sp.nt, xb);
         chunk_prologue(a, d, dtb, ub, bub, xb, dspb);
@@ -886,7 +952,8 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
                             a.z ? y0b : nullptr);
         // gradient reaching the scan output (before D skip and gating)
         const T Dd = a.D ? a.D[d] : T(0);
-        gather(a.dout + chan_off(a, b, g, cc), ps, sp.idx, sp.t0, sp.nt, dyb);
+        if (a.cross) copy_run(dyb, &colDy[i * kChunk], kChunk);
+        else gather(a.dout + chan_off(a, b, g, cc), ps, sp.idx, sp.t0, sp.nt, dyb);
         if (a.z) {  // y0b: all kChunk rows written by chunk_states (zeros past sp.nt)
           alignas(64) T dzb[kChunk];
           gather(a.z + bd * L, 1, sp.idx, sp.t0, sp.nt, zb);
@@ -956,7 +1023,8 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
         const T db = chunk_sum(ddtb, static_cast<const T*>(nullptr));
         dDs[i] += dD;
         dbs[i] += db;
-        scatter(a.du + chan_off(a, b, g, cc), ps, sp.idx, sp.t0, sp.nt, dub, accumulate_du, a.stream);
+        if (a.cross) copy_run(&colDu[i * kChunk], dub, kChunk);
+        else scatter(a.du + chan_off(a, b, g, cc), ps, sp.idx, sp.t0, sp.nt, dub, accumulate_du, a.stream);
         if (R > 0) {  // through the fused dt projection: d(dt inputs) summed over channels, d(weight)
           for (int t = sp.nt; t < kChunk; ++t) ddtb[t] = 0;
           project_dt_grad(dtsb.data(), a.Wdt + d * R, R, ddtb, bufddts.data(), &dWs[i * R]);
@@ -964,6 +1032,8 @@ SS_INLINE void bwd_task(const Args<T>& a, int64_t task) {
           scatter(a.ddelta + bd * L, 1, sp.idx, sp.t0, sp.nt, ddtb, false, a.stream);
         }
       }
+      if (a.cross)
+        move_columns(a.du + chan_off(a, b, 0, k.c_lo), ps, sp.idx, sp.t0, sp.nt, nch, colDu.data(), false, accumulate_du);
       // this task's share of the rows' gradient for the chunk: [d(dt inputs), dB, dC]
       move_rows<false>(ddt_task ? ddt_task + gpo : nullptr, dB_task + gpo, dC_task + gpo, a.rows_ps, a.rows_fs, R, N,
                        Np, sp.idx, sp.t0, sp.nt, bufdB.data(), bufdC.data(), bufddts.data());
