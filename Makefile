@@ -43,6 +43,7 @@ demo: data
 
 bench-scan: venv
 	$(VPY) bench/scan/bench_scan.py
+	$(VPY) bench/scan/bench_layouts.py
 
 bench-efficiency: venv
 	$(VPY) bench/efficiency/run_efficiency.py

@@ -32,3 +32,17 @@ def test_scan_bench_quick_prints_every_row_with_floors(tmp_path):
     ratios = next(line for line in out.stdout.splitlines() if line.startswith('cpu (defaults) vs cpu[variant]'))
     assert re.search(r'b2 2x8 N16 L300 fwd vs cpu\[generic\]: [0-9.]+x', ratios), ratios
     assert not (tmp_path / 'results' / 'scan_bench.json').exists()  # --quick writes nothing
+
+
+@pytest.mark.skipif('cpu' not in available_backends(), reason='compiled CPU kernel not built')
+def test_layouts_bench_quick_prints_both_settings(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / 'bench' / 'scan' / 'bench_layouts.py'), '--quick', '--threads', '1',
+                          '--out', str(tmp_path / 'results')], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [[c.strip() for c in line.split('|')[1:-1]] for line in out.stdout.splitlines()
+            if line.startswith('| serpent')]
+    assert [r[1] for r in rows] == ['infer', 'train']
+    for row in rows:  # lanes s, states s, their ratio as printed
+        lanes, states, ratio = float(row[3]), float(row[4]), float(row[5].rstrip('x'))
+        assert lanes > 0 and states > 0 and abs(ratio - states / lanes) <= 0.02 * ratio + 0.01
+    assert not (tmp_path / 'results').exists()  # --quick writes nothing
