@@ -1,16 +1,18 @@
-// The forward with channels in the SIMD lanes: AVX-512, float, 16 states, mamba's plain layout in
-// step order or SS2D's cross layout (what pick_lanes_fwd accepts). Included by selective_scan_cpu_kernels.h in namespace
-// avx512 only; no include guard, no #include (like that header).
+// The forward with channels in the SIMD lanes: AVX-512, float, 16 states, a multiple of 16 channels
+// per group, mamba's plain layout in step order or SS2D's cross layout (what pick_lanes_fwd accepts).
+// Included by selective_scan_cpu_kernels.h in namespace avx512 only; no include guard, no #include
+// (like that header).
 //
 // The state-layout kernels hold one channel's 16 states in a vector, so each step's output
 // y_t = sum_n h_n C_n is a sum across lanes (done 16 steps at a time by row_sums: with the per-step
 // products' stores and loads about a fifth of the forward). Here a vector holds one state of W = 16
 // consecutive channels of a group (they share the group's B and C): a lane group's 16 states are 16
 // vectors in registers, y accumulates lane by lane and B_t, C_t enter as broadcasts from the chunk's
-// (kChunk, 16) rows. u, delta and z come into (kChunk, W) buffers, y and the checkpoints go out,
-// through 8 x 8 transposes once per chunk. Each lane does the state layout's arithmetic (the same
-// decay, prologue and epilogue), so the checkpoints are the states the backward's recomputation
-// (state layout) continues from.
+// (kChunk, 16) rows. Per chunk, the inputs come into (kChunk, W) lane buffers and y goes out: plain
+// mode through 8 x 8 transposes of the (batch, dim, L) rows; cross mode as one vector per step (u and
+// y are channels-last) and delta projected from the rows' dt inputs. Each lane does the state layout's
+// arithmetic (the same decay, prologue and epilogue), so the checkpoints are the states the
+// backward's recomputation (state layout) continues from.
 
 constexpr int kLaneN = kLaneWidth;  // states: as many as lanes
 static_assert(VecT<float>::lanes == kLaneWidth, "the lane-layout forward is for 16-lane float vectors");
@@ -31,7 +33,7 @@ struct LanePrefetch {
   };
   Stream s[4];
   int n = 0;
-  bool rows = true;
+  bool rows = true;  // plain mode's row streams; false: cross mode's position streams
   void add(const void* base, int64_t stride, const int32_t* idx = nullptr, int64_t t0 = 0, int nt = 0, int lines = 1,
            bool write = false) {
     s[n++] = Stream{static_cast<const char*>(base), stride, idx, t0, nt, lines, write};
