@@ -7,7 +7,8 @@ For each shape (batch, groups x channels, d_state, length), backend and mode (fo
 backward), float32, 2 threads, a fresh Python process:
   1. builds the inputs, resets the peak-RSS counter (/proc/self/clear_refs) and runs the call once:
      peak extra memory = VmHWM - VmRSS before the call (torch's CPU memory is invisible to tracemalloc);
-  2. times `--reps` further calls (median and min, ms).
+  2. times further calls, at least `--reps` of them and at least `--min-time` seconds' worth (median
+     and min, ms; the number of calls is in the JSON).
 The error is the max |y - y_ref64| over max |y_ref64|, y_ref64 the reference loop in float64.
 Floors: bytes of u, delta, B, C read and y written (forward; the backward adds dy read and
 du, ddelta, dB, dC written) over the measured copy bandwidth, and 9 (forward) / 30 (forward +
@@ -32,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SHAPES = [(1, 4, 96, 16, 1024), (1, 4, 96, 16, 4096), (1, 4, 96, 16, 16384), (4, 4, 192, 16, 1024)]
 FLOPS_PER_ELEM = {'fwd': 9, 'fwd+bwd': 30}
+MAX_REPS = 300  # timed calls per measurement at most (--min-time)
 
 
 def _status_kb(field: str) -> int:
@@ -107,8 +109,10 @@ def child(spec: dict) -> dict:
         ref = torch.load(spec['ref_path'])
         out['rel_err'] = float((y.double() - ref).abs().max() / ref.abs().max())
         out['finite'] = bool(torch.isfinite(y).all())
+    # at least `reps` calls and, for short calls, at least `min_time_s` of them (the first few calls of a
+    # fresh process run slower: a 0.6 ms call's median over 9 calls moved by 30% between runs)
     times = []
-    for _ in range(spec['reps']):
+    while len(times) < spec['reps'] or (sum(times) < spec.get('min_time_s', 0) and len(times) < MAX_REPS):
         t0 = time.perf_counter()
         call()
         times.append(time.perf_counter() - t0)
@@ -225,7 +229,9 @@ def main() -> None:
                          "CPU has AVX-512 cpu[avx2] and cpu[states]")
     ap.add_argument('--ref-max-length', type=int, default=4096,
                     help='skip the reference loop above this length (it is slow and large); 0 = never skip')
-    ap.add_argument('--reps', type=int, default=5, help='timed calls per measurement (ref: at most 2)')
+    ap.add_argument('--reps', type=int, default=5, help='timed calls per measurement at least (ref: at most 2)')
+    ap.add_argument('--min-time', type=float, default=0.5,
+                    help='and at least this many seconds of timed calls (not for ref; at most %d calls)' % MAX_REPS)
     ap.add_argument('--timeout', type=float, default=1200, help='seconds per measurement process')
     ap.add_argument('--quick', action='store_true', help='one tiny shape, nothing written (a smoke run)')
     ap.add_argument('--out', default=str(HERE / 'results'))
@@ -281,6 +287,7 @@ def main() -> None:
                     continue
                 spec = {'shape': shape, 'backend': backend, 'mode': mode, 'threads': args.threads,
                         'reps': min(args.reps, 2) if backend == 'ref' else args.reps,
+                        'min_time_s': 0 if backend == 'ref' else args.min_time,
                         'ref_path': ref_path if have_ref64 else None}
                 row.update(run_child(spec, args.timeout))
                 if 'error' not in row:
