@@ -165,6 +165,18 @@ int64_t channel_blocks(int64_t units, int64_t cpg, int64_t work) {
   return std::max<int64_t>(1, std::min<int64_t>(cpg, (want + units - 1) / units));
 }
 
+// Channel blocks per task unit for the lane-layout forward: whole lane groups in equal blocks (a
+// divisor of the lane groups per group), the fewest that give each thread about two tasks with a task
+// count the threads divide (SS2D's 96 channels as 3 blocks of 2 lane groups on 2 threads left one
+// thread idle a third of the forward); else one lane group per block.
+int64_t lane_blocks(int64_t units, int64_t lane_groups, int64_t work) {
+  const int64_t threads = at::get_num_threads();
+  if (work < kSerialWork || threads <= 1) return 1;
+  for (int64_t p = 1; p <= lane_groups; ++p)
+    if (lane_groups % p == 0 && units * p % threads == 0 && units * p >= 2 * threads) return p;
+  return lane_groups;
+}
+
 // Runs every (batch, block) task. Threads take tasks from a shared counter (dynamic
 // scheduling: on a busy machine a preempted thread does not hold up a fixed share of the work).
 template <typename T>
@@ -240,7 +252,10 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const c10::optional<at::Te
     a.y = y.data_ptr<scalar_t>(); a.last = last.data_ptr<scalar_t>();
     a.ckpt = want_ckpt ? ckpt.data_ptr<scalar_t>() : nullptr;
     TaskFn<scalar_t> fn = g_lane_fwd ? pick_lanes_fwd(a, best_isa(g_isa)) : nullptr;
-    if (fn) a.blk_align = kLaneWidth;  // its blocks: whole lane groups
+    if (fn) {  // its blocks: whole lane groups
+      a.blk_align = kLaneWidth;
+      a.P = lane_blocks(a.batch * group_tasks(a), a.cpg / kLaneWidth, a.batch * a.dim * a.L * a.Np);
+    }
     g_last_fwd_lanes = fn != nullptr;
     run_tasks(a, fn ? fn : pick<scalar_t>(true, a.Np));
   });
