@@ -36,25 +36,8 @@ SS_INLINE vf vmin(vf a, vf b) { return a < b ? a : b; }
 // vector (an exp is ~40 cycles of latency) would leave the FP units idle.
 #define SS_EACH for (int i = 0; i < K; ++i)
 
-// exp for float lanes: x clamped to [-87, 88] (result stays a normal float), k = round(x / ln2)
-// by the 1.5 * 2^23 trick, r = x - k ln2 in two parts, exp(r) by a degree-7 polynomial
-// (cephes-style coefficients), times 2^k built in the exponent bits. Used off the hot loop
-// (softplus, sigmoid).
-template <int K> SS_INLINE void vexp_k(vf* x) {
-  const vf magic = vsplat<vf>(12582912.0f);
-  vf k[K], r[K], p[K];
-  SS_EACH x[i] = vmin(vsplat<vf>(88.0f), vmax(vsplat<vf>(-87.0f), x[i]));
-  SS_EACH k[i] = x[i] * 1.44269504088896341f + magic;
-  SS_EACH r[i] = x[i] - (k[i] - magic) * 0.693359375f;
-  SS_EACH r[i] = r[i] - (k[i] - magic) * -2.12194440e-4f;
-  SS_EACH p[i] = 1.9875691500e-4f * r[i] + 1.3981999507e-3f;
-  SS_EACH p[i] = p[i] * r[i] + 8.3334519073e-3f;
-  SS_EACH p[i] = p[i] * r[i] + 4.1665795894e-2f;
-  SS_EACH p[i] = p[i] * r[i] + 1.6666665459e-1f;
-  SS_EACH p[i] = p[i] * r[i] + 5.0000001201e-1f;
-  SS_EACH p[i] = p[i] * (r[i] * r[i]) + r[i] + 1.0f;
-  SS_EACH x[i] = p[i] * (vf)(((vu32)k[i] << 23) + (127u << 23));
-}
+// exp off the hot loop (softplus, sigmoid): double per lane by std::exp; float after the decay's
+// helpers below.
 template <int K> SS_INLINE void vexp_k(vd* x) {
   SS_EACH for (int l = 0; l < 4; ++l) x[i][l] = std::exp(x[i][l]);
 }
@@ -99,6 +82,43 @@ SS_INLINE vf decay_back(vf k, vf f, vf p) {
   p = p * f + 6.931469440460205e-1f;
   p = p * f + 1.0000001192092896f;
   return (vf)((vu32)p + ((vu32)k << 23));
+#endif
+}
+// exp for float lanes (softplus, sigmoid). AVX-512: x clamped to [-104, 88], 2^(x log2 e) as the
+// decay computes 2^y (vreduceps, its polynomial, vscalefps) with y's rounding error put back:
+// e = x log2 e - y exactly by an FMA (plus x times log2 e's own tail), 2^(y + e) = 2^y (1 + e ln 2)
+// (|e| <= 2^-16 after the clamp); 13 vector operations instead of 17 (forward 3-9%, backward ~5%
+// faster in the harness), max rel. error 2.0e-7 over [-87, 88] instead of 8.5e-8. Otherwise: x
+// clamped to [-87, 88] (result stays a normal float), k = round(x / ln2) by the 1.5 * 2^23 trick,
+// r = x - k ln2 in two parts, exp(r) by a degree-7 polynomial (cephes-style coefficients), times 2^k
+// built in the exponent bits.
+template <int K> SS_INLINE void vexp_k(vf* x) {
+#if SS_AVX512
+  vf y[K], e[K], f[K], p[K];
+  SS_EACH x[i] = vmin(vsplat<vf>(88.0f), vmax(vsplat<vf>(-104.0f), x[i]));
+  SS_EACH y[i] = x[i] * 1.44269502162933349609375f;
+  SS_EACH e[i] = __builtin_ia32_vfmaddps512_mask(x[i], vsplat<vf>(1.44269502162933349609375f), -y[i], -1, 4);
+  SS_EACH e[i] = (e[i] + x[i] * 1.925963033500011e-8f) * 0.693147180559945309f;
+  SS_EACH {
+    vf k;
+    decay_front<false>(y[i], k, f[i], p[i]);
+    p[i] = decay_back(k, f[i], p[i]);  // 2^y
+    x[i] = p[i] * e[i] + p[i];
+  }
+#else
+  const vf magic = vsplat<vf>(12582912.0f);
+  vf k[K], r[K], p[K];
+  SS_EACH x[i] = vmin(vsplat<vf>(88.0f), vmax(vsplat<vf>(-87.0f), x[i]));
+  SS_EACH k[i] = x[i] * 1.44269504088896341f + magic;
+  SS_EACH r[i] = x[i] - (k[i] - magic) * 0.693359375f;
+  SS_EACH r[i] = r[i] - (k[i] - magic) * -2.12194440e-4f;
+  SS_EACH p[i] = 1.9875691500e-4f * r[i] + 1.3981999507e-3f;
+  SS_EACH p[i] = p[i] * r[i] + 8.3334519073e-3f;
+  SS_EACH p[i] = p[i] * r[i] + 4.1665795894e-2f;
+  SS_EACH p[i] = p[i] * r[i] + 1.6666665459e-1f;
+  SS_EACH p[i] = p[i] * r[i] + 5.0000001201e-1f;
+  SS_EACH p[i] = p[i] * (r[i] * r[i]) + r[i] + 1.0f;
+  SS_EACH x[i] = p[i] * (vf)(((vu32)k[i] << 23) + (127u << 23));
 #endif
 }
 template <int K, bool kClamp> SS_INLINE void vdecay_k(vf* y) {
