@@ -36,8 +36,8 @@
 // transpose-add instead of a horizontal sum per step). The next channel's u/delta/z/y slices are
 // prefetched (L floats apart: the hardware prefetcher misses them).
 //
-// Forwards that can (AVX-512, float, d_state 16, plain layout in step order, a multiple of 16
-// channels per group) take a second layout instead (selective_scan_cpu_lanes.h): 16 channels of a
+// Forwards that can (AVX-512, float, d_state 16, a multiple of 16 channels per group, the cross
+// layout or the plain one in step order) take a second layout instead (selective_scan_cpu_lanes.h): 16 channels of a
 // group in the lanes of a vector, one vector per state, so y needs no sums across lanes; the
 // backward keeps the state layout and continues from the same checkpoints.
 //
@@ -152,6 +152,9 @@ template <typename T> const T* opt_data(const c10::optional<at::Tensor>& t) {
 // Below this many (channel, step, state) elements (a few ms on one core) a call runs on the calling
 // thread: on a busy machine, waking the OpenMP team and waiting at its barrier costs more.
 constexpr int64_t kSerialWork = int64_t(1) << 22;
+// The call's (batch, channel, step, padded state) elements, the measure kSerialWork and the block
+// counts use.
+template <typename T> int64_t call_work(const Args<T>& a) { return a.batch * a.dim * a.L * a.Np; }
 
 // Channel blocks per task unit (a (batch, group) in plain mode, a batch element in cross mode):
 // about two tasks per thread in all, never more than a group's channels; one block when the call
@@ -182,7 +185,7 @@ int64_t lane_blocks(int64_t units, int64_t lane_groups, int64_t work) {
 template <typename T>
 void run_tasks(const Args<T>& a, TaskFn<T> fn) {
   const int64_t ntask = task_count(a);
-  const int64_t work = a.batch * a.dim * a.L * a.Np;
+  const int64_t work = call_work(a);
   const int64_t workers = work < kSerialWork ? 1 : std::min<int64_t>(at::get_num_threads(), ntask);
   if (workers <= 1) {
     for (int64_t t = 0; t < ntask; ++t) fn(a, t);
@@ -226,7 +229,7 @@ void fill_common(Args<T>& a, const at::Tensor& u, const c10::optional<at::Tensor
   // plain mode: a task per (batch, group) first (each owns its group's dB / dC), channel blocks
   // only when there are too few of those for the threads
   a.GT = a.cross ? 1 : a.G;
-  a.P = channel_blocks(a.batch * a.GT, a.cpg, a.batch * a.dim * a.L * a.Np);
+  a.P = channel_blocks(a.batch * a.GT, a.cpg, call_work(a));
 }
 
 // y: (batch, dim, L), or (batch, L, dim / G) in cross mode.
@@ -254,7 +257,7 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const c10::optional<at::Te
     TaskFn<scalar_t> fn = g_lane_fwd ? pick_lanes_fwd(a, best_isa(g_isa)) : nullptr;
     if (fn) {  // its blocks: whole lane groups
       a.blk_align = kLaneWidth;
-      a.P = lane_blocks(a.batch * group_tasks(a), a.cpg / kLaneWidth, a.batch * a.dim * a.L * a.Np);
+      a.P = lane_blocks(a.batch * group_tasks(a), a.cpg / kLaneWidth, call_work(a));
     }
     g_last_fwd_lanes = fn != nullptr;
     run_tasks(a, fn ? fn : pick<scalar_t>(true, a.Np));
@@ -364,7 +367,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   }, "whether this CPU can run that SIMD path");
   m.def("set_lane_forward", [](bool on) { g_lane_fwd = on; },
         "let float32 AVX-512 forwards with d_state 16 take the channels-in-lanes kernel (default on)");
-  m.def("lane_forward", []() { return g_lane_fwd; }, "whether the channels-in-lanes forward is enabled");
   m.def("last_forward_layout", []() { return std::string(g_last_fwd_lanes ? "lanes" : "states"); },
         "the kernel layout the last forward call ran: 'lanes' or 'states'");
   m.def("chunk_size", []() { return kChunk; }, "time steps between state checkpoints");

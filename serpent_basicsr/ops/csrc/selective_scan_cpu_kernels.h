@@ -96,8 +96,9 @@ template <int K> SS_INLINE void vexp_k(vf* x) {
 #if SS_AVX512
   vf y[K], e[K], f[K], p[K];
   SS_EACH x[i] = vmin(vsplat<vf>(88.0f), vmax(vsplat<vf>(-104.0f), x[i]));
-  SS_EACH y[i] = x[i] * 1.44269502162933349609375f;
-  SS_EACH e[i] = __builtin_ia32_vfmaddps512_mask(x[i], vsplat<vf>(1.44269502162933349609375f), -y[i], -1, 4);
+  // (kDecayScale<float> is log2 e rounded to float; 1.925963e-8 is what the rounding dropped)
+  SS_EACH y[i] = x[i] * kDecayScale<float>;
+  SS_EACH e[i] = __builtin_ia32_vfmaddps512_mask(x[i], vsplat<vf>(kDecayScale<float>), -y[i], -1, 4);
   SS_EACH e[i] = (e[i] + x[i] * 1.925963033500011e-8f) * 0.693147180559945309f;
   SS_EACH {
     vf k;
@@ -835,7 +836,7 @@ SS_INLINE void fwd_task(const Args<T>& a, int64_t task) {
                      false);
       for (int64_t i = 0; i < nch; ++i) {
         const int64_t cc = k.c_lo + i, d = g * a.cpg + cc, bd = b * a.dim + d;
-        // (channels-last slices in cross mode were just read by the previous channel)
+        // (cross mode reads the block's columns, moved to colU above)
         if (!a.cross && sp.run && i + 1 < nch) {
           const int64_t bytes = sizeof(T) * sp.nt;
           prefetch_span(a.u + chan_off(a, b, g, cc + 1) + sp.lo, bytes);

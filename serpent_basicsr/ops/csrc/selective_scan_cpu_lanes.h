@@ -157,6 +157,7 @@ SS_INLINE void fwd_lanes_task(const Args<float>& a, int64_t task) {
     const int32_t* perm = a.perm ? a.perm + g * L : nullptr;  // (cross mode only)
     for (int64_t c = 0; c < nck; ++c) {
       const ChunkSpan sp = chunk_span(perm, L, c);
+      const ChunkSpan next = c + 1 < nck ? chunk_span(perm, L, c + 1) : sp;  // (cross mode's prefetches)
       load_rows(a, goff, N, sp, bufB.data(), bufC.data(), dtsb.data());
       for (int64_t j = 0; j < ngr; ++j) {
         const int64_t d0 = d_lo + j * W, bd = b * a.dim + d0;  // the lane group's first channel / row
@@ -166,17 +167,16 @@ SS_INLINE void fwd_lanes_task(const Args<float>& a, int64_t task) {
           // chunk's first group), and with the first group the next chunk's rows
           pf.rows = false;
           const bool last = j + 1 == ngr;
-          const ChunkSpan nx = last && c + 1 < nck ? chunk_span(perm, L, c + 1) : sp;
+          const ChunkSpan& nx = last ? next : sp;
           if (!last || c + 1 < nck) {
             const int64_t c1 = last ? k.c_lo : k.c_lo + (j + 1) * W, pb = sizeof(T) * ps;
             pf.add(a.u + chan_off(a, b, g, c1), pb, nx.idx, nx.t0, nx.nt);
             pf.add(a.y + chan_off(a, b, g, c1), pb, nx.idx, nx.t0, nx.nt, 1, true);
           }
           if (j == 0 && c + 1 < nck) {
-            const ChunkSpan n1 = chunk_span(perm, L, c + 1);
             const T* rows = a.rows_dt ? a.rows_dt : a.rows_B;
             const int row_lines = int((sizeof(T) * (R + 2 * N) + 63) / 64);
-            pf.add(rows + goff, sizeof(T) * a.rows_ps, n1.idx, n1.t0, n1.nt, row_lines);
+            pf.add(rows + goff, sizeof(T) * a.rows_ps, next.idx, next.t0, next.nt, row_lines);
           }
           columns_to_lanes(a.u + chan_off(a, b, g, k.c_lo + j * W), ps, sp.idx, sp.t0, sp.nt, ul.data());
           project_dt_lanes(dtsb.data(), &Wl[j * R * W], R, xl);

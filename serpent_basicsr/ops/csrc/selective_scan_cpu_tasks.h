@@ -20,8 +20,8 @@ namespace {
 #define SS_INLINE inline __attribute__((always_inline))
 
 constexpr int kChunk = 64;    // time steps per chunk: checkpoint interval and L1 buffer length
-constexpr int kMaxNB = 64;
-constexpr int kLaneWidth = 16;  // the lane-layout forward: AVX-512 float lanes = its state count    // max SIMD vectors per channel state (512 float / 256 double states)
+constexpr int kMaxNB = 64;    // max SIMD vectors per channel state (512 float / 256 double states)
+constexpr int kLaneWidth = 16;  // the lane-layout forward: AVX-512 float lanes = its state count
 
 typedef float vf __attribute__((vector_size(32)));
 typedef double vd __attribute__((vector_size(32)));
