@@ -21,6 +21,8 @@ _TRIED = False
 
 ISA_ENV = 'SERPENT_CPU_ISA'
 ISAS = ('auto', 'avx512', 'avx2', 'generic')  # widest first; 'auto' = the widest this CPU has
+POOL_ENV = 'SERPENT_SCAN_POOL_MB'
+POOL_DEFAULT_MB = 256
 
 
 def _apply_isa_env(ext: ModuleType) -> None:
@@ -37,6 +39,19 @@ def _apply_isa_env(ext: ModuleType) -> None:
     ext.set_isa(isa)
 
 
+def _apply_pool_env(ext: ModuleType) -> None:
+    """SERPENT_SCAN_POOL_MB: how many MB of freed large outputs (y, du, ...: 2 MB and more) the kernel
+    keeps for reuse instead of returning them to the OS (csrc/output_pool.h); 0 turns the pool off."""
+    raw = os.environ.get(POOL_ENV, '').strip()
+    try:
+        mb = int(raw) if raw else POOL_DEFAULT_MB
+    except ValueError:
+        mb = -1
+    if mb < 0:
+        raise ValueError(f'{POOL_ENV}={os.environ[POOL_ENV]!r}: expected a whole number of MB >= 0 (0: no pool)')
+    ext.set_output_pool_mb(mb)
+
+
 def load() -> Optional[ModuleType]:
     """The compiled extension, or None (the reason is in `load_error()`)."""
     global _EXT, _ERROR, _TRIED
@@ -48,6 +63,7 @@ def load() -> Optional[ModuleType]:
                       'build it with `python setup.py build_ext --inplace` or reinstall the package')
         else:
             _apply_isa_env(ext)  # raises on a bad value, and again at the next call
+            _apply_pool_env(ext)
             _EXT = ext
         _TRIED = True
     return _EXT

@@ -53,6 +53,7 @@
 #include <atomic>
 #include <string>
 
+#include "output_pool.h"
 #include "selective_scan_cpu_tasks.h"
 
 namespace {
@@ -242,7 +243,7 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const c10::optional<at::Te
   check_inputs(u, delta, A, rows, C, D, z, bias, perm, Wdt);
   const int64_t batch = rows.size(0), dim = A.size(0), N = A.size(1);
   const int64_t L = seq_len(rows, opt_ptr_check(Wdt));
-  at::Tensor y = L == 0 ? at::zeros_like(u) : at::empty_like(u);
+  at::Tensor y = L == 0 ? at::zeros_like(u) : serpent_pool::empty(u.sizes(), u.options());
   at::Tensor last = L == 0 ? at::zeros({batch, dim, N}, u.options()) : at::empty({batch, dim, N}, u.options());
   at::Tensor ckpt;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_fwd", [&] {
@@ -250,7 +251,7 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const c10::optional<at::Te
     fill_common<scalar_t>(a, u, delta, A, rows, C, D, z, bias, softplus, perm, Wdt);
     TORCH_CHECK(a.Np / VecT<scalar_t>::lanes <= kMaxNB, "selective_scan cpu backend: d_state too large (max ",
                 kMaxNB * VecT<scalar_t>::lanes, ")");
-    ckpt = want_ckpt ? at::empty({batch, dim, a.nchunks, a.Np}, u.options()) : at::empty({0}, u.options());
+    ckpt = want_ckpt ? serpent_pool::empty({batch, dim, a.nchunks, a.Np}, u.options()) : at::empty({0}, u.options());
     if (L == 0) return;
     a.y = y.data_ptr<scalar_t>(); a.last = last.data_ptr<scalar_t>();
     a.ckpt = want_ckpt ? ckpt.data_ptr<scalar_t>() : nullptr;
@@ -282,7 +283,9 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const c10::optional<at::Te
   TORCH_CHECK(dout.sizes() == u.sizes() && dout.is_contiguous() && dout.scalar_type() == u.scalar_type(),
               "selective_scan backward: dout must be contiguous, shaped like y");
   // the kernel writes every element of these (except when L == 0): no zero-fill needed
-  auto alloc = [&](at::IntArrayRef size) { return L == 0 ? at::zeros(size, u.options()) : at::empty(size, u.options()); };
+  auto alloc = [&](at::IntArrayRef size) {
+    return L == 0 ? at::zeros(size, u.options()) : serpent_pool::empty(size, u.options());
+  };
   at::Tensor du = alloc(u.sizes());
   at::Tensor ddelta = cross ? at::Tensor() : alloc(u.sizes());
   at::Tensor dz = opt_ptr_check(z) ? alloc(u.sizes()) : at::Tensor();
@@ -369,6 +372,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "let float32 AVX-512 forwards with d_state 16 take the channels-in-lanes kernel (default on)");
   m.def("last_forward_layout", []() { return std::string(g_last_fwd_lanes ? "lanes" : "states"); },
         "the kernel layout the last forward call ran: 'lanes' or 'states'");
+  m.def("set_output_pool_mb", [](int64_t mb) {
+    TORCH_CHECK(mb >= 0, "selective_scan cpu backend: the output pool's cap must be >= 0 MB, got ", mb);
+    serpent_pool::OutputPool::get().set_cap_bytes(size_t(mb) << 20);
+  }, "keep up to this many MB of freed large outputs for reuse (0: no pool; default 256)");
+  m.def("output_pool_stats", []() { return serpent_pool::OutputPool::get().stats(); },
+        "the output pool's [hits, misses, free blocks, free bytes]");
   m.def("chunk_size", []() { return kChunk; }, "time steps between state checkpoints");
   m.def("num_threads", []() { return at::get_num_threads(); }, "threads at::parallel_for uses");
 }
