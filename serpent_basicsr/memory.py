@@ -16,6 +16,9 @@
    training did not get faster while its peak memory grew (freed blocks stay on the heap): serpent_b
    1.48 GB instead of 1.33 GB at 256 and 8.99 GB instead of 8.17 GB at 1024, SwinIR 10.6 instead of
    10.0 GB at 128. Skipped when you set `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`.
+
+The scan kernel's own outputs avoid that cost either way: it keeps freed blocks of 2 MB and more in a
+pool of its own (`SERPENT_SCAN_POOL_MB`, default 256; ops/csrc/output_pool.h).
 """
 from __future__ import annotations
 

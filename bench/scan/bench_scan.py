@@ -58,8 +58,8 @@ def make_inputs(shape, dtype, requires_grad):
 
 
 def split_backend(name: str):
-    """'cpu[avx2]' -> ('cpu', 'avx2'): a backend and its variant (an instruction-set cap, 'states' or
-    'reuse'); 'cpu' -> ('cpu', '')."""
+    """'cpu[avx2]' -> ('cpu', 'avx2'): a backend and its variant (an instruction-set cap, 'states',
+    'reuse' or 'nopool'); 'cpu' -> ('cpu', '')."""
     backend, _, variant = name.partition('[')
     return backend, variant.rstrip(']')
 
@@ -69,6 +69,8 @@ def child(spec: dict) -> dict:
     backend, variant = split_backend(spec['backend'])
     if variant == 'reuse':
         os.environ['SERPENT_MALLOC_REUSE'] = '1'  # applied by `import serpent_basicsr`
+    elif variant == 'nopool':
+        os.environ['SERPENT_SCAN_POOL_MB'] = '0'  # read when the kernel loads
     elif variant and variant != 'states':
         os.environ['SERPENT_CPU_ISA'] = variant  # read when the kernel loads
     import torch
@@ -224,9 +226,10 @@ def main() -> None:
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--backends', default='auto',
                     help="comma list of backends and cpu variants: cpu[avx2] / cpu[generic] (the kernels capped at "
-                         "that instruction set), cpu[states] (the state-layout forward everywhere), cpu[reuse] "
-                         "(SERPENT_MALLOC_REUSE=1); or 'auto': every CPU backend + ref, cpu[reuse], and where the "
-                         "CPU has AVX-512 cpu[avx2] and cpu[states]")
+                         "that instruction set), cpu[states] (the state-layout forward everywhere), cpu[nopool] "
+                         "(the kernel's output pool off: SERPENT_SCAN_POOL_MB=0), cpu[reuse] (SERPENT_MALLOC_REUSE=1); "
+                         "or 'auto': every CPU backend + ref, cpu[nopool], and where the CPU has AVX-512 cpu[avx2] "
+                         "and cpu[states]")
     ap.add_argument('--ref-max-length', type=int, default=4096,
                     help='skip the reference loop above this length (it is slow and large); 0 = never skip')
     ap.add_argument('--reps', type=int, default=5, help='timed calls per measurement at least (ref: at most 2)')
@@ -251,8 +254,8 @@ def main() -> None:
     if args.backends == 'auto':
         backends = [b for b in available_backends() if b in ('cpu', 'torch')] + ['ref']
         from serpent_basicsr.ops import cpu_scan
-        if 'cpu' in backends:  # variants, for the ratios: allocator reuse; the AVX2 kernels, the state layout
-            extra = ['cpu[reuse]'] + (['cpu[avx2]', 'cpu[states]'] if cpu_scan.load().has_isa('avx512') else [])
+        if 'cpu' in backends:  # variants, for the ratios: no output pool; the AVX2 kernels, the state layout
+            extra = ['cpu[nopool]'] + (['cpu[avx2]', 'cpu[states]'] if cpu_scan.load().has_isa('avx512') else [])
             backends[backends.index('cpu') + 1:backends.index('cpu') + 1] = extra
     else:
         backends = args.backends.split(',')
