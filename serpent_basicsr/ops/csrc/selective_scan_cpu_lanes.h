@@ -9,7 +9,7 @@
 // consecutive channels of a group (they share the group's B and C): a lane group's 16 states are 16
 // vectors in registers, y accumulates lane by lane and B_t, C_t enter as broadcasts from the chunk's
 // (kChunk, 16) rows. Per chunk, the inputs come into (kChunk, W) lane buffers and y goes out: plain
-// mode through 8 x 8 transposes of the (batch, dim, L) rows; cross mode as one vector per step (u and
+// mode through 16 x 16 transposes of the (batch, dim, L) rows; cross mode as one vector per step (u and
 // y are channels-last) and delta projected from the rows' dt inputs. Each lane does the state layout's
 // arithmetic (the same decay, prologue and epilogue), so the checkpoints are the states the
 // backward's recomputation (state layout) continues from.
@@ -83,11 +83,60 @@ SS_INLINE void lane_states(int nt, const float* dtl, const float* bul, const flo
   for (int n = 0; n < N; ++n) h_io[n] = h[n];
 }
 
-// W rows (channels, fs apart) of a chunk into a (kChunk, W) lane buffer, rows past nt zero.
-SS_INLINE void rows_to_lanes(const float* src, int64_t fs, int nt, float* dst) {
+// 16 x 16 float transpose in registers: c[j] = column j of the rows r[0..15]. Four rounds of 16
+// two-operand shuffles (unpack, 64-bit pairs, then two of 128-bit lanes).
+SS_INLINE void transpose16_regs(const vf* r, vf* c) {
+  typedef int32_t vi32 __attribute__((vector_size(64)));
+  vf t[16], q[16];
+  for (int i = 0; i < 8; ++i) {  // pairs of rows, within 128-bit lanes
+    t[2 * i] = __builtin_shuffle(r[2 * i], r[2 * i + 1], vi32{0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29});
+    t[2 * i + 1] =
+        __builtin_shuffle(r[2 * i], r[2 * i + 1], vi32{2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31});
+  }
+  for (int h = 0; h < 4; ++h)  // rows 4h .. 4h + 3: lane k of q[4h + j] is their column 4k + j
+    for (int i = 0; i < 2; ++i) {
+      q[4 * h + 2 * i] = __builtin_shuffle(t[4 * h + i], t[4 * h + 2 + i],
+                                           vi32{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29});
+      q[4 * h + 2 * i + 1] = __builtin_shuffle(t[4 * h + i], t[4 * h + 2 + i],
+                                               vi32{2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31});
+    }
+  for (int j = 0; j < 4; ++j) {  // lane k of the four row blocks: columns j, 4 + j, 8 + j, 12 + j
+    const vi32 lo{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    const vi32 hi{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    const vi32 even{0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+    const vi32 odd{4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
+    const vf u0 = __builtin_shuffle(q[j], q[4 + j], lo), u1 = __builtin_shuffle(q[j], q[4 + j], hi);
+    const vf v0 = __builtin_shuffle(q[8 + j], q[12 + j], lo), v1 = __builtin_shuffle(q[8 + j], q[12 + j], hi);
+    c[j] = __builtin_shuffle(u0, v0, even);
+    c[4 + j] = __builtin_shuffle(u0, v0, odd);
+    c[8 + j] = __builtin_shuffle(u1, v1, even);
+    c[12 + j] = __builtin_shuffle(u1, v1, odd);
+  }
+}
+
+// Rows (W channels, fs apart) of a chunk to a (kChunk, W) lane buffer (to_lanes; rows past nt zero)
+// or back, 16 steps at a time, the last nt % 16 by copy_feature_major.
+SS_INLINE void move_rows(float* rows, int64_t fs, int nt, float* lanes, bool to_lanes) {
   constexpr int W = VecT<float>::lanes;
-  copy_feature_major(dst, const_cast<float*>(src), fs, W, W, nt, true);
-  std::fill(dst + nt * W, dst + kChunk * W, 0.0f);
+  static_assert(W == 16, "16 x 16 transposes");
+  const int t16 = nt / W * W;
+  for (int t = 0; t < t16; t += W) {
+    vf r[W], c[W];
+    if (to_lanes) {
+      for (int i = 0; i < W; ++i) r[i] = vload<vf>(rows + i * fs + t);
+      transpose16_regs(r, c);
+      for (int i = 0; i < W; ++i) vstore(lanes + (t + i) * W, c[i]);
+    } else {
+      for (int i = 0; i < W; ++i) r[i] = vload<vf>(lanes + (t + i) * W);
+      transpose16_regs(r, c);
+      for (int i = 0; i < W; ++i) vstore(rows + i * fs + t, c[i]);
+    }
+  }
+  copy_feature_major(lanes + t16 * W, rows + t16, fs, W, W, nt - t16, to_lanes);
+  if (to_lanes) std::fill(lanes + nt * W, lanes + kChunk * W, 0.0f);
+}
+SS_INLINE void rows_to_lanes(const float* src, int64_t fs, int nt, float* dst) {
+  move_rows(const_cast<float*>(src), fs, nt, dst, true);
 }
 
 // Cross mode: the chunk's steps of W consecutive channels of a channels-last (.., L, ps) tensor (one
@@ -206,7 +255,7 @@ SS_INLINE void fwd_lanes_task(const Args<float>& a, int64_t task) {
         if (a.cross) {
           lanes_to_columns(a.y + chan_off(a, b, g, k.c_lo + j * W), ps, sp.idx, sp.t0, sp.nt, yl.data(), g > 0);
         } else {
-          copy_feature_major(yl.data(), yrows, kChunk, W, W, sp.nt, false);  // back to rows
+          move_rows(yrows, kChunk, sp.nt, yl.data(), false);  // back to rows
           for (int w = 0; w < W; ++w)
             scatter(a.y + (bd + w) * L, 1, nullptr, sp.t0, sp.nt, yrows + w * kChunk, false, a.stream);
         }
