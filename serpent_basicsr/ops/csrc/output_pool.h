@@ -57,14 +57,13 @@ class OutputPool final : public c10::Allocator {
     cap_ = cap;
     trim_locked();
   }
-  size_t cap_bytes() const { return cap_; }
-  bool enabled() const { return cap_ > 0; }
+  size_t cap_bytes() const { return cap_.load(std::memory_order_relaxed); }
+  bool enabled() const { return cap_bytes() > 0; }
   // hits, misses (allocations that mapped a new block), free blocks, their bytes
   std::vector<int64_t> stats() {
     std::lock_guard<std::mutex> lock(mu_);
     return {hits_.load(), misses_.load(), int64_t(free_.size()), int64_t(free_bytes_)};
   }
-  void clear() { set_cap_bytes(0); }
 
   static OutputPool& get() {
     static OutputPool* pool = new OutputPool();  // never destroyed: tensors may outlive static destructors
@@ -104,7 +103,7 @@ class OutputPool final : public c10::Allocator {
     trim_locked();
   }
   void trim_locked() {  // oldest first
-    while (free_bytes_ > cap_ && !free_.empty()) {
+    while (free_bytes_ > cap_bytes() && !free_.empty()) {
       Block* blk = free_.front();
       free_.pop_front();
       free_bytes_ -= blk->bytes;
@@ -116,7 +115,7 @@ class OutputPool final : public c10::Allocator {
   std::mutex mu_;
   std::deque<Block*> free_;
   size_t free_bytes_ = 0;
-  size_t cap_ = size_t(256) << 20;
+  std::atomic<size_t> cap_{size_t(256) << 20};  // written under mu_, read without it by enabled()
   std::atomic<int64_t> hits_{0}, misses_{0};
 };
 
