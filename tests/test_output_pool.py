@@ -28,16 +28,28 @@ def stats():
     return dict(hits=hits, misses=misses, blocks=blocks, free_bytes=free_bytes)
 
 
+ON_MB = 256  # the default cap (test_default_cap checks it)
+
+
 @pytest.fixture
 def pool_cap():
-    """Set the cap for one test, restore the default afterwards."""
+    """Set the cap for one test, restore the one in effect before afterwards."""
     ext = cpu_scan.load()
+    before = ext.output_pool_cap_mb()
     yield ext.set_output_pool_mb
-    ext.set_output_pool_mb(cpu_scan.POOL_DEFAULT_MB)
+    ext.set_output_pool_mb(before)
+
+
+def test_default_cap():
+    code = 'from serpent_basicsr.ops import cpu_scan\nprint(cpu_scan.load().output_pool_cap_mb())\n'
+    env = {k: v for k, v in os.environ.items() if k != 'SERPENT_SCAN_POOL_MB'}
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip().splitlines()[-1]) == ON_MB
 
 
 def test_freed_outputs_are_reused_and_results_unchanged(pool_cap):
-    pool_cap(cpu_scan.POOL_DEFAULT_MB)
+    pool_cap(ON_MB)
     x = inputs()
     y1 = selective_scan(**x, delta_softplus=True, backend='cpu')
     ref = y1.clone()
@@ -56,7 +68,7 @@ def test_freed_outputs_are_reused_and_results_unchanged(pool_cap):
 
 def test_gradients_from_pooled_outputs(pool_cap):
     grads = []
-    for cap in (0, cpu_scan.POOL_DEFAULT_MB, cpu_scan.POOL_DEFAULT_MB):  # off, first mapping, reuse
+    for cap in (0, ON_MB, ON_MB):  # off, first mapping, reuse
         pool_cap(cap)
         hits = stats()['hits']
         x = inputs(requires_grad=True)
@@ -70,7 +82,7 @@ def test_gradients_from_pooled_outputs(pool_cap):
 
 
 def test_pooled_tensor_behaves_like_any_other(pool_cap):
-    pool_cap(cpu_scan.POOL_DEFAULT_MB)
+    pool_cap(ON_MB)
     y = selective_scan(**inputs(), delta_softplus=True, backend='cpu')
     ref = y.clone()
     assert torch.equal(pickle.loads(pickle.dumps(y)), ref)
@@ -81,7 +93,7 @@ def test_pooled_tensor_behaves_like_any_other(pool_cap):
 
 
 def test_cap_is_kept(pool_cap):
-    pool_cap(cpu_scan.POOL_DEFAULT_MB)
+    pool_cap(ON_MB)
     ys = [selective_scan(**inputs(seed=s), delta_softplus=True, backend='cpu') for s in range(3)]
     del ys
     assert stats()['free_bytes'] >= 3 * DIM * L * 4

@@ -21,8 +21,7 @@ _TRIED = False
 
 ISA_ENV = 'SERPENT_CPU_ISA'
 ISAS = ('auto', 'avx512', 'avx2', 'generic')  # widest first; 'auto' = the widest this CPU has
-POOL_ENV = 'SERPENT_SCAN_POOL_MB'
-POOL_DEFAULT_MB = 256
+POOL_ENV = 'SERPENT_SCAN_POOL_MB'  # unset: the extension's default (output_pool_cap_mb(), 256)
 
 
 def _apply_isa_env(ext: ModuleType) -> None:
@@ -43,8 +42,10 @@ def _apply_pool_env(ext: ModuleType) -> None:
     """SERPENT_SCAN_POOL_MB: how many MB of freed large outputs (y, du, ...: 2 MB and more) the kernel
     keeps for reuse instead of returning them to the OS (csrc/output_pool.h); 0 turns the pool off."""
     raw = os.environ.get(POOL_ENV, '').strip()
+    if not raw:
+        return
     try:
-        mb = int(raw) if raw else POOL_DEFAULT_MB
+        mb = int(raw)
     except ValueError:
         mb = -1
     if mb < 0:

@@ -15,18 +15,21 @@
 
 #include <ATen/EmptyTensor.h>
 #include <c10/core/CPUAllocator.h>
+#include <c10/core/alignment.h>
+#include <c10/util/env.h>
 #include <sys/mman.h>
 
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <mutex>
 
 namespace serpent_pool {
 
-constexpr size_t kPoolMinBytes = size_t(2) << 20;  // PyTorch's own huge-page threshold
-constexpr size_t kHugePage = size_t(2) << 20;
+// PyTorch's own huge-page threshold (and the alignment it asks for then): the size from which its
+// allocator hands out blocks that glibc maps afresh
+constexpr size_t kPoolMinBytes = c10::gAlloc_threshold_thp;
+constexpr size_t kDefaultCapMB = 256;  // SERPENT_SCAN_POOL_MB's default
 
 struct Block {
   void* p;
@@ -72,14 +75,11 @@ class OutputPool final : public c10::Allocator {
 
  private:
   static size_t round_up(size_t n) {
-    const size_t unit = huge_pages() ? kHugePage : size_t(64) << 10;
+    const size_t unit = huge_pages() ? c10::gAlloc_threshold_thp : size_t(64) << 10;
     return (std::max(n, size_t(1)) + unit - 1) / unit * unit;
   }
-  static bool huge_pages() {
-    static const bool on = [] {
-      const char* v = std::getenv("THP_MEM_ALLOC_ENABLE");
-      return v && std::strcmp(v, "0") != 0 && *v;
-    }();
+  static bool huge_pages() {  // read as PyTorch's allocator reads it
+    static const bool on = c10::utils::check_env("THP_MEM_ALLOC_ENABLE").value_or(false);
     return on;
   }
   Block* take(size_t bytes) {
@@ -115,7 +115,7 @@ class OutputPool final : public c10::Allocator {
   std::mutex mu_;
   std::deque<Block*> free_;
   size_t free_bytes_ = 0;
-  std::atomic<size_t> cap_{size_t(256) << 20};  // written under mu_, read without it by enabled()
+  std::atomic<size_t> cap_{kDefaultCapMB << 20};  // written under mu_, read without it by enabled()
   std::atomic<int64_t> hits_{0}, misses_{0};
 };
 

@@ -375,7 +375,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_output_pool_mb", [](int64_t mb) {
     TORCH_CHECK(mb >= 0, "selective_scan cpu backend: the output pool's cap must be >= 0 MB, got ", mb);
     serpent_pool::OutputPool::get().set_cap_bytes(size_t(mb) << 20);
-  }, "keep up to this many MB of freed large outputs for reuse (0: no pool; default 256)");
+  }, "keep up to this many MB of freed large outputs for reuse (0: no pool; default output_pool_cap_mb() at load)");
+  m.def("output_pool_cap_mb", []() { return int64_t(serpent_pool::OutputPool::get().cap_bytes() >> 20); },
+        "the output pool's cap in MB");
   m.def("output_pool_stats", []() { return serpent_pool::OutputPool::get().stats(); },
         "the output pool's [hits, misses, free blocks, free bytes]");
   m.def("chunk_size", []() { return kChunk; }, "time steps between state checkpoints");

@@ -217,7 +217,8 @@ TaskFn<T> pick_task(bool fwd, int64_t Np, Isa isa) {
 
 // The lane-layout forward (selective_scan_cpu_lanes.h) for a call on instruction set isa (best_isa's
 // answer), or null where it does not apply: float, AVX-512, 16 states, a multiple of 16 channels per
-// group, the cross layout or the plain one in step order. The caller sets a.blk_align = 16 first.
+// group, the cross layout or the plain one in step order. A caller that takes it sets a.blk_align to
+// kLaneWidth and a.P to lane_blocks' answer (its blocks are whole lane groups).
 template <typename T> TaskFn<T> pick_lanes_fwd(const Args<T>& a, Isa isa) {
   if constexpr (std::is_same_v<T, float>) {
     if (isa == Isa::avx512 && (a.cross || !a.perm) && a.N == kLaneWidth && a.cpg % kLaneWidth == 0)
