@@ -15,6 +15,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "softplus_pieces.h"
+
 namespace {
 
 #define SS_INLINE inline __attribute__((always_inline))
