@@ -12,7 +12,7 @@ import torch
 from serpent_basicsr.ops import available_backends, selective_scan
 from serpent_basicsr.ops import cpu_scan
 
-CSRC = pathlib.Path(cpu_scan.__file__).with_name('csrc')
+CSRC = pathlib.Path(__file__).resolve().parents[1] / 'serpent_basicsr' / 'ops' / 'csrc'  # (the generator is a repo tool)
 spec = importlib.util.spec_from_file_location('gen_softplus_pieces', CSRC / 'gen_softplus_pieces.py')
 gen = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gen)
