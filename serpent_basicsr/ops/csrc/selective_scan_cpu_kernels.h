@@ -147,8 +147,8 @@ SS_INLINE vd vrecip(vd d) { return 1.0 / d; }
 // softplus with torch's threshold (x > 20 -> x). float: max(x, 0) + log1p(exp(-|x|)), with
 // log1p(e) = 2 atanh(e / (2 + e)) by its series (e in (0, 1], so s <= 1/3): no cancellation for
 // tiny e; AVX-512, where every lane of the K vectors is in [kSoftplusPiecesLo, ...): the polynomial
-// pieces of softplus_pieces.h instead (19 vector operations per vector instead of 34: the forward's
-// prologue cost ~15% of the lane forward; max rel. error 1.7e-7, the exp + log1p path's 4e-7).
+// pieces of softplus_pieces.h instead (19 vector operations per vector instead of 34, which were ~15%
+// of the lane forward; max rel. error 1.7e-7, the exp + log1p path's 4.1e-7).
 // double: log1p(exp(x)) exactly as torch computes it. With dsp, also the derivative: sigmoid(x) (1
 // past the threshold), in float from the same e = exp(-|x|) (no second exp).
 template <int K, typename V> SS_INLINE void vsigmoid_k(V* x);
