@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from serpent_basicsr.ops import available_backends, selective_scan
+from serpent_basicsr.ops import available_backends
 from serpent_basicsr.ops import cpu_scan
+
+from test_scan_lanes import cpu_scan_with
 
 CSRC = pathlib.Path(__file__).resolve().parents[1] / 'serpent_basicsr' / 'ops' / 'csrc'  # (the generator is a repo tool)
 spec = importlib.util.spec_from_file_location('gen_softplus_pieces', CSRC / 'gen_softplus_pieces.py')
@@ -51,14 +53,10 @@ def scan_softplus(x: torch.Tensor, lanes: bool, grad: bool = False):
     u, A = torch.ones(1, dim, length), torch.full((dim, n), -1e30)
     B, C = torch.ones(1, 1, n, length), torch.zeros(1, 1, n, length)
     C[:, :, 0] = 1
-    EXT.set_lane_forward(lanes)
-    try:
-        with torch.set_grad_enabled(grad):
-            y = selective_scan(u, delta, A, B, C, delta_softplus=True, backend='cpu')
-            if grad:
-                y.sum().backward()
-    finally:
-        EXT.set_lane_forward(True)
+    with torch.set_grad_enabled(grad):
+        y, _ = cpu_scan_with(lanes, u=u, delta=delta, A=A, B=B, C=C, delta_softplus=True)
+    if grad:  # (the backward has one layout: the lane switch does not matter to it)
+        y.sum().backward()
     return y[0].detach().double(), delta.grad[0].double() if grad else None
 
 

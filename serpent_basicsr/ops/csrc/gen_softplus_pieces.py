@@ -106,8 +106,9 @@ def main() -> None:
         print(f'{HEADER.name}: max rel. error {max_rel_error(read_header()):.3e} over [{LO}, {HI + 4}]')
         return
     coef = table()
-    HEADER.write_text(render(coef, max_rel_error(coef)))
-    print(f'wrote {HEADER} (max rel. error {max_rel_error(coef):.3e})')
+    err = max_rel_error(coef)
+    HEADER.write_text(render(coef, err))
+    print(f'wrote {HEADER} (max rel. error {err:.3e})')
 
 
 if __name__ == '__main__':

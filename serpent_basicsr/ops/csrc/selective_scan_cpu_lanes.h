@@ -86,7 +86,6 @@ SS_INLINE void lane_states(int nt, const float* dtl, const float* bul, const flo
 // 16 x 16 float transpose in registers: c[j] = column j of the rows r[0..15]. Four rounds of 16
 // two-operand shuffles (unpack, 64-bit pairs, then two of 128-bit lanes).
 SS_INLINE void transpose16_regs(const vf* r, vf* c) {
-  typedef int32_t vi32 __attribute__((vector_size(64)));
   vf t[16], q[16];
   for (int i = 0; i < 8; ++i) {  // pairs of rows, within 128-bit lanes
     t[2 * i] = __builtin_shuffle(r[2 * i], r[2 * i + 1], vi32{0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29});
