@@ -11,7 +11,15 @@ import os
 # serpent_s training step on 2 cores. Sleeping waiters cost nothing measurable when idle.
 # Only a default (set OMP_WAIT_POLICY yourself to override), and only effective when torch
 # has not been imported yet, e.g. for the `basicsr` command.
+import sys  # noqa: E402
+
+_TORCH_FIRST = 'torch' in sys.modules
+_USER_POLICY = os.environ.get('OMP_WAIT_POLICY')
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+# The policy OpenMP runs with (None: its default, spinning a while before sleeping): it reads the
+# variable once, when torch loads it, so our default counts only if torch was not loaded yet. The
+# scan kernel picks its threads by it (ops/cpu_scan.py).
+OMP_WAIT_POLICY_SEEN = _USER_POLICY if _TORCH_FIRST else os.environ['OMP_WAIT_POLICY']
 
 # Huge pages for large tensors by default, glibc malloc block reuse on request (memory.py has the
 # measurements); set before torch's first large allocation, a value you set yourself wins.

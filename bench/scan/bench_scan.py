@@ -29,6 +29,12 @@ import sys
 import time
 from pathlib import Path
 
+# What `basicsr` users get (serpent_basicsr's default, and `make bench-scan`'s): OpenMP threads
+# that sleep, and with them the scan kernel's own thread pool (SERPENT_SCAN_THREADS=auto). Set
+# before torch loads, in this process and in the children.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+IDLE_GAP_S = 0.002  # cpu[idle]: the caller busy this long before each timed call (the workers asleep)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SHAPES = [(1, 4, 96, 16, 1024), (1, 4, 96, 16, 4096), (1, 4, 96, 16, 16384), (4, 4, 192, 16, 1024)]
@@ -58,26 +64,29 @@ def make_inputs(shape, dtype, requires_grad):
 
 
 def split_backend(name: str):
-    """'cpu[avx2]' -> ('cpu', 'avx2'): a backend and its variant (an instruction-set cap, 'states',
-    'reuse' or 'nopool'); 'cpu' -> ('cpu', '')."""
+    """'cpu[avx2]' -> ('cpu', {'avx2'}): a backend and its variant's parts, joined by '+' (an
+    instruction-set cap, 'states', 'reuse', 'nopool', 'openmp', 'idle'); 'cpu' -> ('cpu', set())."""
     backend, _, variant = name.partition('[')
-    return backend, variant.rstrip(']')
+    return backend, set(filter(None, variant.rstrip(']').split('+')))
 
 
 def child(spec: dict) -> dict:
     """One measurement in this (fresh) process."""
-    backend, variant = split_backend(spec['backend'])
-    if variant == 'reuse':
-        os.environ['SERPENT_MALLOC_REUSE'] = '1'  # applied by `import serpent_basicsr`
-    elif variant == 'nopool':
-        os.environ['SERPENT_SCAN_POOL_MB'] = '0'  # read when the kernel loads
-    elif variant and variant != 'states':
-        os.environ['SERPENT_CPU_ISA'] = variant  # read when the kernel loads
+    backend, parts = split_backend(spec['backend'])
+    for part in parts:
+        if part == 'reuse':
+            os.environ['SERPENT_MALLOC_REUSE'] = '1'  # applied by `import serpent_basicsr`
+        elif part == 'nopool':
+            os.environ['SERPENT_SCAN_POOL_MB'] = '0'  # read when the kernel loads
+        elif part == 'openmp':
+            os.environ['SERPENT_SCAN_THREADS'] = 'openmp'  # read when the kernel loads
+        elif part not in ('states', 'idle'):
+            os.environ['SERPENT_CPU_ISA'] = part  # read when the kernel loads
     import torch
     sys.path.insert(0, str(ROOT))
     torch.set_num_threads(spec['threads'])
     from serpent_basicsr.ops import selective_scan
-    if variant == 'states':
+    if 'states' in parts:
         from serpent_basicsr.ops import cpu_scan
         cpu_scan.load().set_lane_forward(False)
     shape, mode = tuple(spec['shape']), spec['mode']
@@ -115,6 +124,10 @@ def child(spec: dict) -> dict:
     # fresh process run slower: a 0.6 ms call's median over 9 calls moved by 30% between runs)
     times = []
     while len(times) < spec['reps'] or (sum(times) < spec.get('min_time_s', 0) and len(times) < MAX_REPS):
+        if 'idle' in parts:  # busy, as a model between two scans, while the workers go to sleep
+            t_end = time.perf_counter() + IDLE_GAP_S
+            while time.perf_counter() < t_end:
+                pass
         t0 = time.perf_counter()
         call()
         times.append(time.perf_counter() - t0)
@@ -194,7 +207,8 @@ def to_markdown(res: dict) -> str:
              f"the timings: {rs['matmul_GFLOPs']:.0f} / {re_['matmul_GFLOPs']:.0f} GFLOP/s, "
              f"{rs['copy_GBps']:.1f} / {re_['copy_GBps']:.1f} GB/s); load average "
              f"{m['loadavg_start']} at start, {m['loadavg_end']} at end; cpu kernel: {m['cpu_kernel']}; "
-             f"memory defaults (serpent_basicsr.memory): {m.get('memory', '?')}.", '',
+             f"memory defaults (serpent_basicsr.memory): {m.get('memory', '?')}; "
+             f"OMP_WAIT_POLICY={m.get('omp_wait_policy', '?')}.", '',
              '| shape | mode | backend | median ms | min ms | peak extra MB | rel. err vs f64 ref | vs ref (x faster) '
              '| floor ms | x floor |', '|---|---|---|---:|---:|---:|---:|---:|---:|---:|']
     for r in res['rows']:
@@ -207,16 +221,22 @@ def to_markdown(res: dict) -> str:
                      f"{r['peak_extra_mb']:.0f} | {err} | {speed} | {r['floor_ms']:.2f} | {r['x_floor']:.1f} |")
     ratios = variant_ratios(res['rows'])
     if ratios:
-        lines += ['', 'cpu (defaults) vs cpu[variant], same run (median; above 1: cpu is faster): '
+        lines += ['', 'cpu (defaults) vs cpu[variant], and cpu[idle] vs cpu[openmp+idle], same run (median; above 1: '
+                  'the first is faster): '
                   + '; '.join(f'{k}: {v:.2f}x' for k, v in ratios.items())]
     return '\n'.join(lines) + '\n'
 
 
 def variant_ratios(rows) -> dict:
-    """Speed of the plain cpu rows over the cpu[variant] rows of the same shape and mode."""
+    """Speed of the plain cpu rows over the cpu[variant] rows of the same shape and mode, and of
+    cpu[idle] over cpu[openmp+idle] (the pool against OpenMP when every call wakes the workers)."""
     med = {(r['shape_name'], r['mode'], r['backend']): r['median_ms'] for r in rows if 'error' not in r}
-    return {f"{name} {mode} vs {backend}": med[name, mode, backend] / med[name, mode, 'cpu']
-            for (name, mode, backend) in med if backend.startswith('cpu[') and (name, mode, 'cpu') in med}
+    out = {}
+    for (name, mode, backend) in med:
+        base = 'cpu[idle]' if backend == 'cpu[openmp+idle]' else 'cpu'
+        if backend.startswith('cpu[') and backend != 'cpu[idle]' and (name, mode, base) in med:
+            out[f"{name} {mode}: {base} vs {backend}"] = med[name, mode, backend] / med[name, mode, base]
+    return out
 
 
 def main() -> None:
@@ -225,11 +245,13 @@ def main() -> None:
     ap.add_argument('--ref64', help=argparse.SUPPRESS)
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--backends', default='auto',
-                    help="comma list of backends and cpu variants: cpu[avx2] / cpu[generic] (the kernels capped at "
-                         "that instruction set), cpu[states] (the state-layout forward everywhere), cpu[nopool] "
-                         "(the kernel's output pool off: SERPENT_SCAN_POOL_MB=0), cpu[reuse] (SERPENT_MALLOC_REUSE=1); "
-                         "or 'auto': every CPU backend + ref, cpu[nopool], and where the CPU has AVX-512 cpu[avx2] "
-                         "and cpu[states]")
+                    help="comma list of backends and cpu variants (parts joined by '+'): cpu[avx2] / cpu[generic] "
+                         "(the kernels capped at that instruction set), cpu[states] (the state-layout forward "
+                         "everywhere), cpu[nopool] (the kernel's output pool off: SERPENT_SCAN_POOL_MB=0), "
+                         "cpu[openmp] (OpenMP's threads: SERPENT_SCAN_THREADS=openmp), cpu[idle] (the caller busy "
+                         f"{IDLE_GAP_S * 1e3:g} ms before each timed call, so the workers are asleep), cpu[reuse] "
+                         "(SERPENT_MALLOC_REUSE=1); or 'auto': every CPU backend + ref, cpu[nopool], cpu[openmp], "
+                         "cpu[idle], cpu[openmp+idle], and where the CPU has AVX-512 cpu[avx2] and cpu[states]")
     ap.add_argument('--ref-max-length', type=int, default=4096,
                     help='skip the reference loop above this length (it is slow and large); 0 = never skip')
     ap.add_argument('--reps', type=int, default=5, help='timed calls per measurement at least (ref: at most 2)')
@@ -254,8 +276,10 @@ def main() -> None:
     if args.backends == 'auto':
         backends = [b for b in available_backends() if b in ('cpu', 'torch')] + ['ref']
         from serpent_basicsr.ops import cpu_scan
-        if 'cpu' in backends:  # variants, for the ratios: no output pool; the AVX2 kernels, the state layout
-            extra = ['cpu[nopool]'] + (['cpu[avx2]', 'cpu[states]'] if cpu_scan.load().has_isa('avx512') else [])
+        if 'cpu' in backends:  # variants, for the ratios: no output pool; OpenMP's threads instead of the
+            # kernel's pool, back to back and after an idle gap; the AVX2 kernels, the state layout
+            extra = ['cpu[nopool]', 'cpu[openmp]', 'cpu[idle]', 'cpu[openmp+idle]']
+            extra += ['cpu[avx2]', 'cpu[states]'] if cpu_scan.load().has_isa('avx512') else []
             backends[backends.index('cpu') + 1:backends.index('cpu') + 1] = extra
     else:
         backends = args.backends.split(',')
@@ -265,7 +289,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     machine = {'cpu': platform.processor() or platform.machine(), 'threads': args.threads,
                'torch': torch.__version__, 'cpu_kernel': backend_summary(),
-               'loadavg_start': ' '.join(f'{x:.1f}' for x in os.getloadavg()), 'memory': memory.settings()}
+               'loadavg_start': ' '.join(f'{x:.1f}' for x in os.getloadavg()), 'memory': memory.settings(),
+               'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY')}
     for line in open('/proc/cpuinfo'):
         if line.startswith('model name'):
             machine['cpu'] = line.split(':', 1)[1].strip()

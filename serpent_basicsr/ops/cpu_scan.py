@@ -22,6 +22,9 @@ _TRIED = False
 ISA_ENV = 'SERPENT_CPU_ISA'
 ISAS = ('auto', 'avx512', 'avx2', 'generic')  # widest first; 'auto' = the widest this CPU has
 POOL_ENV = 'SERPENT_SCAN_POOL_MB'  # unset: the extension's default (output_pool_cap_mb(), 256)
+THREADS_ENV = 'SERPENT_SCAN_THREADS'
+THREAD_MODES = ('auto', 'pool', 'openmp')
+SPIN_ENV = 'SERPENT_SCAN_SPIN_US'  # unset: the extension's default (pool_spin_us(), 100)
 
 
 def _apply_isa_env(ext: ModuleType) -> None:
@@ -53,6 +56,38 @@ def _apply_pool_env(ext: ModuleType) -> None:
     ext.set_output_pool_mb(mb)
 
 
+def openmp_threads_sleep() -> bool:
+    """Whether OpenMP's idle threads sleep in this process: OMP_WAIT_POLICY=passive as OpenMP read it
+    (when torch loaded it; serpent_basicsr's default counts only if imported first) and no
+    GOMP_SPINCOUNT (which makes even passive threads spin)."""
+    import serpent_basicsr
+    policy = (serpent_basicsr.OMP_WAIT_POLICY_SEEN or '').strip().lower()
+    return policy == 'passive' and not os.environ.get('GOMP_SPINCOUNT', '').strip()
+
+
+def _apply_threads_env(ext: ModuleType) -> None:
+    """SERPENT_SCAN_THREADS: where parallel calls run. 'pool': the kernel's own threads, which hand a
+    call over in ~1 us instead of waking an OpenMP thread (~35 us here) and poll SERPENT_SCAN_SPIN_US
+    for the next call before sleeping; 'openmp': at::parallel_for; 'auto' (default): the pool when
+    OpenMP's threads sleep (openmp_threads_sleep()), else OpenMP (spinning OpenMP threads would hold
+    the cores the pool's need)."""
+    mode = os.environ.get(THREADS_ENV, '').strip().lower() or 'auto'
+    if mode not in THREAD_MODES:
+        raise ValueError(f'{THREADS_ENV}={os.environ[THREADS_ENV]!r}: expected one of {", ".join(THREAD_MODES)}')
+    if mode == 'auto':
+        mode = 'pool' if openmp_threads_sleep() else 'openmp'
+    ext.set_threads(mode)
+    raw = os.environ.get(SPIN_ENV, '').strip()
+    if raw:
+        try:
+            us = int(raw)
+        except ValueError:
+            us = -1
+        if not 0 <= us <= 100000:
+            raise ValueError(f'{SPIN_ENV}={os.environ[SPIN_ENV]!r}: expected a whole number of us in 0-100000')
+        ext.set_pool_spin_us(us)
+
+
 def load() -> Optional[ModuleType]:
     """The compiled extension, or None (the reason is in `load_error()`)."""
     global _EXT, _ERROR, _TRIED
@@ -65,6 +100,7 @@ def load() -> Optional[ModuleType]:
         else:
             _apply_isa_env(ext)  # raises on a bad value, and again at the next call
             _apply_pool_env(ext)
+            _apply_threads_env(ext)
             _EXT = ext
         _TRIED = True
     return _EXT

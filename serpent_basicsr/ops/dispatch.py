@@ -113,7 +113,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
 
 def backend_summary(device: Union[torch.device, str] = 'cpu') -> str:
     """One line for `basicsr --version`, e.g.
-    'cpu (compiled C++ kernel, avx2+fma, 2 threads); available: cpu, torch, ref'."""
+    'cpu (compiled C++ kernel, avx2+fma, 2 threads (OpenMP)); available: cpu, torch, ref'."""
     try:
         name = resolve_backend(device)
         forced = _requested(None)[0] != 'auto'
@@ -124,6 +124,7 @@ def backend_summary(device: Union[torch.device, str] = 'cpu') -> str:
               'ref': 'reference Python loop'}.get(name)
     if name == 'cpu':
         ext = cpu_scan.load()
-        detail = f'compiled C++ kernel, {ext.isa()}, OpenMP {ext.num_threads()} threads'
+        pool = 'its own thread pool' if ext.threads() == 'pool' else 'OpenMP'
+        detail = f'compiled C++ kernel, {ext.isa()}, {ext.num_threads()} threads ({pool})'
     note = f', set by {ENV_VAR}' if forced else ''
     return f'{name} ({detail}{note}); available: {", ".join(available_backends())}'

@@ -12,7 +12,8 @@
 // With one permutation per direction this is SS2D's cross-scan / dt projection / scan / cross-merge
 // in one pass (no copies). Rows may also be stored as a transposed (batch, L, G, R + 2N) tensor.
 //
-// Work is split into tasks (batch, block of channel indices c), run with at::parallel_for (OpenMP).
+// Work is split into tasks (batch, block of channel indices c), run on the kernel's own threads
+// (task_pool.h; chosen when OpenMP's threads sleep) or with at::parallel_for (OpenMP).
 // In cross mode a task runs its block in every group, so sums over groups (du of a shared u, the
 // merged y) have a single writer; in plain mode a task takes one group (tasks (batch, group, block)),
 // so with one block per group it also writes that group's dB/dC alone. Inside a task, time is
@@ -55,6 +56,7 @@
 
 #include "output_pool.h"
 #include "selective_scan_cpu_tasks.h"
+#include "task_pool.h"
 
 namespace {
 
@@ -68,6 +70,11 @@ template <typename T> TaskFn<T> pick(bool fwd, int64_t Np) { return pick_task<T>
 // state layout (tests and benchmarks compare the two).
 bool g_lane_fwd = true;
 std::atomic<bool> g_last_fwd_lanes{false};  // what the last forward ran (for the tests)
+
+// Where parallel calls run: the scan's own threads (task_pool.h; the Python side picks them when
+// OpenMP's threads sleep, OMP_WAIT_POLICY=PASSIVE) or OpenMP's, through at::parallel_for (the
+// default: with spinning OpenMP threads, the pool's would compete with them for the cores).
+bool g_task_pool = false;
 
 // ---- host side ------------------------------------------------------------------------------
 bool opt_ptr_check(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
@@ -182,7 +189,8 @@ int64_t lane_blocks(int64_t units, int64_t lane_groups, int64_t work) {
 }
 
 // Runs every (batch, block) task. Threads take tasks from a shared counter (dynamic
-// scheduling: on a busy machine a preempted thread does not hold up a fixed share of the work).
+// scheduling: on a busy machine a preempted thread does not hold up a fixed share of the work), on
+// the task pool or with at::parallel_for (the pool busy with another thread's call falls back to it).
 template <typename T>
 void run_tasks(const Args<T>& a, TaskFn<T> fn) {
   const int64_t ntask = task_count(a);
@@ -191,6 +199,14 @@ void run_tasks(const Args<T>& a, TaskFn<T> fn) {
   if (workers <= 1) {
     for (int64_t t = 0; t < ntask; ++t) fn(a, t);
     return;
+  }
+  if (g_task_pool) {
+    struct Ctx { const Args<T>* a; TaskFn<T> fn; } ctx{&a, fn};
+    auto call = [](const void* c, int64_t t) {
+      const Ctx* x = static_cast<const Ctx*>(c);
+      x->fn(*x->a, t);
+    };
+    if (serpent_tasks::TaskPool::get().run(call, &ctx, uint32_t(ntask), int(workers - 1))) return;
   }
   std::atomic<int64_t> next{0};
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
@@ -380,6 +396,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the output pool's cap in MB");
   m.def("output_pool_stats", []() { return serpent_pool::OutputPool::get().stats(); },
         "the output pool's [hits, misses, free blocks, free bytes]");
+  m.def("set_threads", [](const std::string& mode) {
+    TORCH_CHECK(mode == "pool" || mode == "openmp",
+                "selective_scan cpu backend: threads must be 'pool' or 'openmp', got '", mode, "'");
+    g_task_pool = mode == "pool";
+  }, "run parallel calls on the scan's own thread pool ('pool') or OpenMP's ('openmp', the default)");
+  m.def("threads", []() { return std::string(g_task_pool ? "pool" : "openmp"); },
+        "where parallel calls run: 'pool' or 'openmp'");
+  m.def("set_pool_spin_us", [](int64_t us) {
+    TORCH_CHECK(us >= 0 && us <= 100000, "selective_scan cpu backend: the pool's spin must be 0-100000 us, got ", us);
+    serpent_tasks::TaskPool::get().set_spin_us(int(us));
+  }, "how long a pool thread polls for the next call before it sleeps, in us");
+  m.def("pool_spin_us", []() { return serpent_tasks::TaskPool::get().spin_us(); },
+        "how long a pool thread polls for the next call before it sleeps, in us");
   m.def("chunk_size", []() { return kChunk; }, "time steps between state checkpoints");
   m.def("num_threads", []() { return at::get_num_threads(); }, "threads at::parallel_for uses");
 }
