@@ -14,23 +14,26 @@ from serpent_basicsr.ops import available_backends
 @pytest.mark.skipif('cpu' not in available_backends(), reason='compiled CPU kernel not built')
 def test_scan_bench_quick_prints_every_row_with_floors(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / 'bench' / 'scan' / 'bench_scan.py'), '--quick', '--threads', '1',
-                          '--backends', 'cpu,cpu[generic]', '--reps', '1', '--out', str(tmp_path / 'results')],
+                          '--backends', 'cpu,cpu[generic],cpu[idle],cpu[openmp+idle]', '--reps', '1',
+                          '--out', str(tmp_path / 'results')],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     header = next(line for line in out.stdout.splitlines() if line.startswith('Selective scan'))
     # the floors use the better of two machine-rate measurements, both reported
     assert re.search(r'matmul \d+ GFLOP/s \(the better of .* \d+ / \d+ GFLOP/s', header), header
     rows = [line.split('|')[1:-1] for line in out.stdout.splitlines() if line.startswith('| b')]
-    # the quick shape x fwd, fwd+bwd x the kernel at its widest and capped at the portable SSE2 path
-    # (the reference loop is not timed here)
-    assert len(rows) == 4
-    assert sorted(c[2].strip() for c in rows) == ['cpu', 'cpu', 'cpu[generic]', 'cpu[generic]']
+    # the quick shape x fwd, fwd+bwd x the kernel at its widest, capped at the portable SSE2 path, after
+    # an idle gap on its own threads and on OpenMP's (the reference loop is not timed here)
+    assert len(rows) == 8
+    assert sorted(c[2].strip() for c in rows) == sorted(2 * ['cpu', 'cpu[generic]', 'cpu[idle]', 'cpu[openmp+idle]'])
     for row in rows:
         cells = [c.strip() for c in row]
         assert float(cells[6]) < 1e-5  # error against the float64 reference (computed in a child)
         assert float(cells[9]) > 1.0  # no call beats the arithmetic/memory floor
     ratios = next(line for line in out.stdout.splitlines() if line.startswith('cpu (defaults) vs cpu[variant]'))
-    assert re.search(r'b2 2x8 N16 L300 fwd vs cpu\[generic\]: [0-9.]+x', ratios), ratios
+    assert re.search(r'b2 2x8 N16 L300 fwd: cpu vs cpu\[generic\]: [0-9.]+x', ratios), ratios
+    assert re.search(r'b2 2x8 N16 L300 fwd\+bwd: cpu\[idle\] vs cpu\[openmp\+idle\]: [0-9.]+x', ratios), ratios
+    assert 'vs cpu[idle]' not in ratios  # compared with its OpenMP twin, not with plain cpu
     assert not (tmp_path / 'results' / 'scan_bench.json').exists()  # --quick writes nothing
 
 

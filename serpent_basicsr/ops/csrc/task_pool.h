@@ -76,9 +76,12 @@ class TaskPool {
     // caller 13-26 us here); a worker that left it after this load sees the epoch before sleeping
     if (spinning_.load(std::memory_order_seq_cst) < spawned_) futex_wake(&epoch_, spawned_);
     work(job);
-    // every task is claimed; wait for the claimed ones still running
+    // every task is claimed; wait for the claimed ones still running: poll for the spin window (a
+    // worker's last task ends within a task's time of ours), then sleep (a preempted worker then
+    // gets this core)
+    const int64_t until = now_ns() + spin_ns_.load(std::memory_order_relaxed);
     for (int spin = 0; done_.load(std::memory_order_acquire) < ntask; ++spin) {
-      if (spin < kCallerSpins) { cpu_relax(); continue; }
+      if ((spin & 63) != 0 || now_ns() < until) { cpu_relax(); continue; }
       const uint32_t d = done_.load(std::memory_order_acquire);
       sleeping_.store(1, std::memory_order_seq_cst);
       if (done_.load(std::memory_order_seq_cst) == d && d < ntask) futex_wait(&done_, d);
@@ -91,16 +94,13 @@ class TaskPool {
   // Pool threads started so far (the fork handler forgets them in a child process).
   int threads() const { return spawned_; }
 
-  // How long a worker keeps polling for the next job after one ends before it sleeps (0: sleep at
-  // once). Back-to-back calls then skip the wake-up; a call after a longer gap pays it.
+  // How long a worker keeps polling for the next job after one ends before it sleeps, and the caller
+  // for the workers' last tasks (0: sleep at once). Back-to-back calls then skip the wake-up; a call
+  // after a longer gap pays it.
   void set_spin_us(int us) { spin_ns_.store(int64_t(us < 0 ? 0 : us) * 1000, std::memory_order_relaxed); }
   int spin_us() const { return int(spin_ns_.load(std::memory_order_relaxed) / 1000); }
 
  private:
-  // ~50-100 us of pause before the caller sleeps: a worker's last task ends within one task's time
-  // of the caller's, unless it was preempted (then sleeping frees its core for it)
-  static constexpr int kCallerSpins = 20000;
-
   // a child process has none of the parent's threads: start afresh there
   TaskPool() {
     pthread_atfork(nullptr, nullptr, [] {
