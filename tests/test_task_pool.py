@@ -82,6 +82,29 @@ def test_pool_follows_torch_threads():
 
 
 @needs_ext
+def test_serial_threshold_follows_the_mode():
+    """Calls below serial_work() elements run on the calling thread: 2^22 with OpenMP's threads (their
+    hand-off is expensive), 2^20 with the pool's; set_threads resets it, set_serial_work overrides it."""
+    old = EXT.threads()
+    try:
+        EXT.set_threads('openmp')
+        assert EXT.serial_work() == 1 << 22
+        EXT.set_threads('pool')
+        assert EXT.serial_work() == 1 << 20
+        EXT.set_serial_work(0)  # everything parallel: still the same results
+        inputs = make_inputs(8, batch=1, dim=16, n=16, length=64, groups=2, dtype=torch.float32)
+        parallel = run(lambda **kw: selective_scan(**kw, backend='cpu'), inputs)
+        EXT.set_serial_work(1 << 30)
+        serial = run(lambda **kw: selective_scan(**kw, backend='cpu'), inputs)
+        for key, want in serial.items():
+            torch.testing.assert_close(parallel[key], want, rtol=1e-5, atol=1e-6)
+        with pytest.raises(RuntimeError, match='serial_work must be >= 0'):
+            EXT.set_serial_work(-1)
+    finally:
+        EXT.set_threads(old)
+
+
+@needs_ext
 def test_extension_refuses_bad_settings():
     with pytest.raises(RuntimeError, match="threads must be 'pool' or 'openmp'"):
         EXT.set_threads('tbb')

@@ -157,10 +157,13 @@ template <typename T> const T* opt_data(const c10::optional<at::Tensor>& t) {
   return opt_ptr_check(t) ? t->data_ptr<T>() : nullptr;
 }
 
-// Below this many (channel, step, state) elements (a few ms on one core) a call runs on the calling
-// thread: on a busy machine, waking the OpenMP team and waiting at its barrier costs more.
-constexpr int64_t kSerialWork = int64_t(1) << 22;
-// The call's (batch, channel, step, padded state) elements, the measure kSerialWork and the block
+// Below this many (batch, channel, step, state) elements a call runs on the calling thread. With
+// OpenMP's threads (2^22, ~0.6 ms of forward on one core here): on a busy machine, waking the OpenMP
+// team and waiting at its barrier cost more. The task pool hands work over for ~1 us (a polling
+// worker) to ~50 us (a sleeping one): 2^20 (~0.15 ms); set_serial_work overrides it.
+constexpr int64_t kSerialWorkOpenMP = int64_t(1) << 22, kSerialWorkPool = int64_t(1) << 20;
+int64_t g_serial_work = kSerialWorkOpenMP;  // follows g_task_pool (set_threads)
+// The call's (batch, channel, step, padded state) elements, the measure g_serial_work and the block
 // counts use.
 template <typename T> int64_t call_work(const Args<T>& a) { return a.batch * a.dim * a.L * a.Np; }
 
@@ -171,7 +174,7 @@ template <typename T> int64_t call_work(const Args<T>& a) { return a.batch * a.d
 // channels, and each block beyond the first adds a partial dB/dC the size of B and C (dynamic
 // scheduling still evens out a busy machine).
 int64_t channel_blocks(int64_t units, int64_t cpg, int64_t work) {
-  if (work < kSerialWork || at::get_num_threads() <= 1) return 1;
+  if (work < g_serial_work || at::get_num_threads() <= 1) return 1;
   const int64_t want = 2 * int64_t(at::get_num_threads());
   return std::max<int64_t>(1, std::min<int64_t>(cpg, (want + units - 1) / units));
 }
@@ -182,7 +185,7 @@ int64_t channel_blocks(int64_t units, int64_t cpg, int64_t work) {
 // thread idle a third of the forward); else one lane group per block.
 int64_t lane_blocks(int64_t units, int64_t lane_groups, int64_t work) {
   const int64_t threads = at::get_num_threads();
-  if (work < kSerialWork || threads <= 1) return 1;
+  if (work < g_serial_work || threads <= 1) return 1;
   for (int64_t p = 1; p <= lane_groups; ++p)
     if (lane_groups % p == 0 && units * p % threads == 0 && units * p >= 2 * threads) return p;
   return lane_groups;
@@ -195,7 +198,7 @@ template <typename T>
 void run_tasks(const Args<T>& a, TaskFn<T> fn) {
   const int64_t ntask = task_count(a);
   const int64_t work = call_work(a);
-  const int64_t workers = work < kSerialWork ? 1 : std::min<int64_t>(at::get_num_threads(), ntask);
+  const int64_t workers = work < g_serial_work ? 1 : std::min<int64_t>(at::get_num_threads(), ntask);
   if (workers <= 1) {
     for (int64_t t = 0; t < ntask; ++t) fn(a, t);
     return;
@@ -400,7 +403,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     TORCH_CHECK(mode == "pool" || mode == "openmp",
                 "selective_scan cpu backend: threads must be 'pool' or 'openmp', got '", mode, "'");
     g_task_pool = mode == "pool";
-  }, "run parallel calls on the scan's own thread pool ('pool') or OpenMP's ('openmp', the default)");
+    g_serial_work = g_task_pool ? kSerialWorkPool : kSerialWorkOpenMP;
+  }, "run parallel calls on the scan's own thread pool ('pool') or OpenMP's ('openmp', the default); "
+     "resets serial_work() to that mode's default");
+  m.def("set_serial_work", [](int64_t n) {
+    TORCH_CHECK(n >= 0, "selective_scan cpu backend: serial_work must be >= 0, got ", n);
+    g_serial_work = n;
+  }, "calls with fewer (batch, channel, step, padded state) elements run on the calling thread");
+  m.def("serial_work", []() { return g_serial_work; },
+        "calls with fewer (batch, channel, step, padded state) elements run on the calling thread");
   m.def("threads", []() { return std::string(g_task_pool ? "pool" : "openmp"); },
         "where parallel calls run: 'pool' or 'openmp'");
   m.def("set_pool_spin_us", [](int64_t us) {
