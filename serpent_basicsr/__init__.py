@@ -5,14 +5,13 @@ and registers our architectures, datasets and models in BasicSR's registries, so
 `basicsr.train.train_pipeline` can build them from option files.
 """
 import os
+import sys
 
 # OpenMP threads that spin while waiting make every small op 6-10x slower as soon as any other
 # process (a DataLoader worker, a second job) wants a core: measured 2.4 s vs 0.4 s per
 # serpent_s training step on 2 cores. Sleeping waiters cost nothing measurable when idle.
 # Only a default (set OMP_WAIT_POLICY yourself to override), and only effective when torch
 # has not been imported yet, e.g. for the `basicsr` command.
-import sys  # noqa: E402
-
 _TORCH_FIRST = 'torch' in sys.modules
 _USER_POLICY = os.environ.get('OMP_WAIT_POLICY')
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')

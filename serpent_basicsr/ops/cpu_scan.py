@@ -67,7 +67,7 @@ def openmp_threads_sleep() -> bool:
 
 def _apply_threads_env(ext: ModuleType) -> None:
     """SERPENT_SCAN_THREADS: where parallel calls run. 'pool': the kernel's own threads, which hand a
-    call over in ~1 us instead of waking an OpenMP thread (~35 us here) and poll SERPENT_SCAN_SPIN_US
+    call over in ~1 us instead of waking an OpenMP thread (~35-50 us here) and poll SERPENT_SCAN_SPIN_US
     for the next call before sleeping; 'openmp': at::parallel_for; 'auto' (default): the pool when
     OpenMP's threads sleep (openmp_threads_sleep()), else OpenMP (spinning OpenMP threads would hold
     the cores the pool's need)."""

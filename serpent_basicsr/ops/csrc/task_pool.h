@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -109,11 +110,17 @@ class TaskPool {
     });
   }
 
+  // (a thread that cannot be started, e.g. at a process's thread limit, is left out: the threads that
+  // exist, or the caller alone, run every task)
   void spawn(int workers) {
     if (workers > kMaxWorkers) workers = kMaxWorkers;
     for (; spawned_ < workers; ++spawned_) {
       const uint32_t index = uint32_t(spawned_);
-      std::thread([this, index] { loop(index); }).detach();
+      try {
+        std::thread([this, index] { loop(index); }).detach();
+      } catch (const std::system_error&) {
+        return;
+      }
     }
   }
 
