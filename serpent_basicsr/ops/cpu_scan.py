@@ -41,19 +41,27 @@ def _apply_isa_env(ext: ModuleType) -> None:
     ext.set_isa(isa)
 
 
+def _env_whole_number(name: str, lo: int, hi: Optional[int], expected: str) -> Optional[int]:
+    """The whole number in environment variable `name` (None if unset or blank); outside [lo, hi]
+    (hi None: no upper bound) or not a number, a ValueError naming the variable and `expected`."""
+    raw = os.environ.get(name, '').strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < lo or (hi is not None and value > hi):
+        raise ValueError(f'{name}={os.environ[name]!r}: expected {expected}')
+    return value
+
+
 def _apply_pool_env(ext: ModuleType) -> None:
     """SERPENT_SCAN_POOL_MB: how many MB of freed large outputs (y, du, ...: 2 MB and more) the kernel
     keeps for reuse instead of returning them to the OS (csrc/output_pool.h); 0 turns the pool off."""
-    raw = os.environ.get(POOL_ENV, '').strip()
-    if not raw:
-        return
-    try:
-        mb = int(raw)
-    except ValueError:
-        mb = -1
-    if mb < 0:
-        raise ValueError(f'{POOL_ENV}={os.environ[POOL_ENV]!r}: expected a whole number of MB >= 0 (0: no pool)')
-    ext.set_output_pool_mb(mb)
+    mb = _env_whole_number(POOL_ENV, 0, None, 'a whole number of MB >= 0 (0: no pool)')
+    if mb is not None:
+        ext.set_output_pool_mb(mb)
 
 
 def openmp_threads_sleep() -> bool:
@@ -77,14 +85,8 @@ def _apply_threads_env(ext: ModuleType) -> None:
     if mode == 'auto':
         mode = 'pool' if openmp_threads_sleep() else 'openmp'
     ext.set_threads(mode)
-    raw = os.environ.get(SPIN_ENV, '').strip()
-    if raw:
-        try:
-            us = int(raw)
-        except ValueError:
-            us = -1
-        if not 0 <= us <= 100000:
-            raise ValueError(f'{SPIN_ENV}={os.environ[SPIN_ENV]!r}: expected a whole number of us in 0-100000')
+    us = _env_whole_number(SPIN_ENV, 0, 100000, 'a whole number of us in 0-100000')
+    if us is not None:
         ext.set_pool_spin_us(us)
 
 
