@@ -80,12 +80,10 @@ class TaskPool {
     // every task is claimed; wait for the claimed ones still running: poll for the spin window (a
     // worker's last task ends within a task's time of ours), then sleep (a preempted worker then
     // gets this core)
-    const int64_t until = now_ns() + spin_ns_.load(std::memory_order_relaxed);
-    for (int spin = 0; done_.load(std::memory_order_acquire) < ntask; ++spin) {
-      if ((spin & 63) != 0 || now_ns() < until) { cpu_relax(); continue; }
-      const uint32_t d = done_.load(std::memory_order_acquire);
+    poll([&] { return done_.load(std::memory_order_acquire) >= ntask; });
+    for (uint32_t d; (d = done_.load(std::memory_order_acquire)) < ntask;) {
       sleeping_.store(1, std::memory_order_seq_cst);
-      if (done_.load(std::memory_order_seq_cst) == d && d < ntask) futex_wait(&done_, d);
+      if (done_.load(std::memory_order_seq_cst) == d) futex_wait(&done_, d);
       sleeping_.store(0, std::memory_order_relaxed);
     }
     if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
@@ -130,6 +128,16 @@ class TaskPool {
     return int64_t(t.tv_sec) * 1000000000 + t.tv_nsec;
   }
 
+  // Spins until ready() or the spin window has passed (the clock read every 64 pauses); ready()'s answer.
+  template <typename Ready> bool poll(Ready ready) const {
+    const int64_t until = now_ns() + spin_ns_.load(std::memory_order_relaxed);
+    for (int i = 0; !ready(); ++i) {
+      if ((i & 63) == 0 && now_ns() >= until) return false;
+      cpu_relax();
+    }
+    return true;
+  }
+
   // Claims and runs tasks of job `job` until none is left (or the job is over).
   void work(uint64_t job) {
     for (;;) {
@@ -155,11 +163,7 @@ class TaskPool {
     for (;;) {
       // wait for the next job: poll for the spin window, then sleep
       spinning_.fetch_add(1, std::memory_order_seq_cst);
-      const int64_t until = now_ns() + spin_ns_.load(std::memory_order_relaxed);
-      for (int i = 0; epoch_.load(std::memory_order_acquire) == seen; ++i) {
-        cpu_relax();
-        if ((i & 63) == 0 && now_ns() >= until) break;
-      }
+      poll([&] { return epoch_.load(std::memory_order_acquire) != seen; });
       spinning_.fetch_sub(1, std::memory_order_seq_cst);
       uint32_t e;
       while ((e = epoch_.load(std::memory_order_seq_cst)) == seen) futex_wait(&epoch_, seen);
