@@ -3,7 +3,9 @@
 PY      ?= python3.11
 VENV    := .venv
 VPY     := $(VENV)/bin/python
-PIP     := $(VPY) -m pip --disable-pip-version-check
+# No pip cache: the venv alone is ~6 GB (torch's CUDA wheels); a CI machine short of disk
+# failed here once with "No space left on device", and a cached copy of each download helps nobody.
+PIP     := $(VPY) -m pip --disable-pip-version-check --no-cache-dir
 STAMP   := $(VENV)/.installed
 # mamba-ssm: install the Python package without compiling its CUDA kernels (hours, and
 # no GPU here); our code only uses it where its compiled extension imports.
