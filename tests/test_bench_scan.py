@@ -14,13 +14,16 @@ from serpent_basicsr.ops import available_backends
 @pytest.mark.skipif('cpu' not in available_backends(), reason='compiled CPU kernel not built')
 def test_scan_bench_quick_prints_every_row_with_floors(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / 'bench' / 'scan' / 'bench_scan.py'), '--quick', '--threads', '1',
-                          '--backends', 'cpu,cpu[generic],cpu[idle],cpu[openmp+idle]', '--reps', '1',
+                          '--backends', 'cpu,cpu[generic],cpu[idle],cpu[openmp+idle]', '--reps', '1', '--rounds', '2',
                           '--out', str(tmp_path / 'results')],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     header = next(line for line in out.stdout.splitlines() if line.startswith('Selective scan'))
     # the floors use the better of two machine-rate measurements, both reported
     assert re.search(r'matmul \d+ GFLOP/s \(the better of .* \d+ / \d+ GFLOP/s', header), header
+    assert "cpu rows: the median of 2 rounds' medians" in header, header
+    rounds = [line for line in out.stdout.splitlines() if line.startswith("{'round': 2")]
+    assert len(rounds) == 8  # every cpu row measured again in round 2
     rows = [line.split('|')[1:-1] for line in out.stdout.splitlines() if line.startswith('| b')]
     # the quick shape x fwd, fwd+bwd x the kernel at its widest, capped at the portable SSE2 path, after
     # an idle gap on its own threads and on OpenMP's (the reference loop is not timed here)
@@ -35,6 +38,20 @@ def test_scan_bench_quick_prints_every_row_with_floors(tmp_path):
     assert re.search(r'b2 2x8 N16 L300 fwd\+bwd: cpu\[idle\] vs cpu\[openmp\+idle\]: [0-9.]+x', ratios), ratios
     assert 'vs cpu[idle]' not in ratios  # compared with its OpenMP twin, not with plain cpu
     assert not (tmp_path / 'results' / 'scan_bench.json').exists()  # --quick writes nothing
+
+
+def test_rounds_merge_to_the_median_of_their_medians():
+    sys.path.insert(0, str(REPO / 'bench' / 'scan'))
+    import bench_scan
+    row = None
+    for med, lo, err in [(5.0, 4.0, 1e-7), (9.0, 3.5, 3e-7), (6.0, 5.5, 2e-7)]:
+        row = bench_scan.merge_round(row, {'median_ms': med, 'min_ms': lo, 'reps': 10, 'peak_extra_mb': med,
+                                           'rel_err': err, 'finite': True, 'first_ms': 1.0})
+    assert row['round_medians_ms'] == [5.0, 9.0, 6.0] and row['median_ms'] == 6.0  # the slow round outvoted
+    assert row['min_ms'] == 3.5 and row['reps'] == 30 and row['peak_extra_mb'] == 9.0 and row['rel_err'] == 3e-7
+    failed = bench_scan.merge_round(row, {'error': 'timeout after 1200 s'})
+    assert failed == {'error': 'timeout after 1200 s'}
+    assert bench_scan.merge_round(failed, {'median_ms': 1.0, 'min_ms': 1.0, 'reps': 1, 'peak_extra_mb': 0}) == failed
 
 
 @pytest.mark.skipif('cpu' not in available_backends(), reason='compiled CPU kernel not built')

@@ -9,6 +9,10 @@ backward), float32, 2 threads, a fresh Python process:
      peak extra memory = VmHWM - VmRSS before the call (torch's CPU memory is invisible to tracemalloc);
   2. times further calls, at least `--reps` of them and at least `--min-time` seconds' worth (median
      and min, ms; the number of calls is in the JSON).
+The cpu rows are measured in each of `--rounds` rounds (3), one round after another over the run, and
+show the median of their rounds' medians (each round's is in the JSON): the machine's speed moves by
+~25% for seconds at a time, enough to put a single measurement in a slow stretch. ref and torch rows,
+slow and far from their targets, are measured in the first round only.
 The error is the max |y - y_ref64| over max |y_ref64|, y_ref64 the reference loop in float64.
 Floors: bytes of u, delta, B, C read and y written (forward; the backward adds dy read and
 du, ddelta, dB, dC written) over the measured copy bandwidth, and 9 (forward) / 30 (forward +
@@ -160,6 +164,26 @@ def run_child(spec: dict, timeout: float) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def merge_round(acc, one: dict) -> dict:
+    """A row over rounds: median_ms the median of the rounds' medians (each round's in
+    round_medians_ms), min_ms the least call, reps summed, peak memory and error the largest seen;
+    a round that failed makes the row an error."""
+    if 'error' in one or (acc is not None and 'error' in acc):
+        return one if 'error' in one else acc
+    if acc is None:
+        acc = {**one, 'round_medians_ms': []}
+    else:
+        acc['min_ms'] = min(acc['min_ms'], one['min_ms'])
+        acc['reps'] += one['reps']
+        acc['peak_extra_mb'] = max(acc['peak_extra_mb'], one['peak_extra_mb'])
+        if 'rel_err' in one:
+            acc['rel_err'] = max(acc.get('rel_err', 0.0), one['rel_err'])
+            acc['finite'] = acc.get('finite', True) and one['finite']
+    acc['round_medians_ms'].append(one['median_ms'])
+    acc['median_ms'] = statistics.median(acc['round_medians_ms'])
+    return acc
+
+
 def machine_rates(threads: int) -> dict:
     """Copy bandwidth (bytes read + written per second) and float32 matmul rate, best of 5."""
     import torch
@@ -208,7 +232,8 @@ def to_markdown(res: dict) -> str:
              f"{rs['copy_GBps']:.1f} / {re_['copy_GBps']:.1f} GB/s); load average "
              f"{m['loadavg_start']} at start, {m['loadavg_end']} at end; cpu kernel: {m['cpu_kernel']}; "
              f"memory defaults (serpent_basicsr.memory): {m.get('memory', '?')}; "
-             f"OMP_WAIT_POLICY={m.get('omp_wait_policy', '?')}.", '',
+             f"OMP_WAIT_POLICY={m.get('omp_wait_policy', '?')}; cpu rows: the median of {m.get('rounds', 1)} "
+             f"rounds' medians (ref, torch: one round).", '',
              '| shape | mode | backend | median ms | min ms | peak extra MB | rel. err vs f64 ref | vs ref (x faster) '
              '| floor ms | x floor |', '|---|---|---|---:|---:|---:|---:|---:|---:|---:|']
     for r in res['rows']:
@@ -257,10 +282,15 @@ def main() -> None:
     ap.add_argument('--reps', type=int, default=5, help='timed calls per measurement at least (ref: at most 2)')
     ap.add_argument('--min-time', type=float, default=0.5,
                     help='and at least this many seconds of timed calls (not for ref; at most %d calls)' % MAX_REPS)
+    ap.add_argument('--rounds', type=int, default=3,
+                    help='measure the cpu rows this many times, round after round over the run; a row shows the '
+                         'median of its rounds (ref and torch: the first round only)')
     ap.add_argument('--timeout', type=float, default=1200, help='seconds per measurement process')
     ap.add_argument('--quick', action='store_true', help='one tiny shape, nothing written (a smoke run)')
     ap.add_argument('--out', default=str(HERE / 'results'))
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error(f'--rounds must be at least 1, got {args.rounds}')
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
@@ -290,43 +320,56 @@ def main() -> None:
     machine = {'cpu': platform.processor() or platform.machine(), 'threads': args.threads,
                'torch': torch.__version__, 'cpu_kernel': backend_summary(),
                'loadavg_start': ' '.join(f'{x:.1f}' for x in os.getloadavg()), 'memory': memory.settings(),
-               'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY')}
+               'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY'), 'rounds': args.rounds}
     for line in open('/proc/cpuinfo'):
         if line.startswith('model name'):
             machine['cpu'] = line.split(':', 1)[1].strip()
             break
     machine['rates'] = machine_rates(args.threads)
     print(f"machine: {machine}", flush=True)
+    # Rounds: the cpu rows are measured in every round, the rounds one after another over the whole
+    # run, and a row's median is the median of its rounds' medians (this machine's speed moves by 25%
+    # for seconds at a time: one measurement could sit in a slow stretch); ref and torch, far from
+    # their targets and slow to measure, run in the first round only.
+    ref_paths, have_ref64, merged = {}, {}, {}
+    for shape in shapes:
+        ref_paths[shape] = str(tmp / f'ref64_{"_".join(map(str, shape))}.pt')
+        r = subprocess.run([sys.executable, str(Path(__file__).resolve()), '--ref64',
+                            json.dumps({'shape': shape, 'threads': args.threads, 'ref_path': ref_paths[shape]})],
+                           capture_output=True, text=True, timeout=args.timeout)
+        have_ref64[shape] = r.returncode == 0
+    order = sorted(backends, key=lambda b: b != 'ref')  # ref first in the table
+    for rnd in range(args.rounds):
+        for shape in shapes:
+            for mode in ('fwd', 'fwd+bwd'):
+                for backend in order:
+                    if rnd > 0 and not backend.startswith('cpu'):
+                        continue
+                    key = (shape, mode, backend)
+                    if backend == 'ref' and args.ref_max_length and shape[-1] > args.ref_max_length:
+                        merged[key] = {'error': f'skipped (L > --ref-max-length {args.ref_max_length})'}
+                        continue
+                    spec = {'shape': shape, 'backend': backend, 'mode': mode, 'threads': args.threads,
+                            'reps': min(args.reps, 2) if backend == 'ref' else args.reps,
+                            'min_time_s': 0 if backend == 'ref' else args.min_time,
+                            'ref_path': ref_paths[shape] if have_ref64[shape] else None}
+                    one = run_child(spec, args.timeout)
+                    print({'round': rnd + 1, 'shape': shape_name(shape), 'mode': mode, 'backend': backend,
+                           **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in one.items()}}, flush=True)
+                    merged[key] = merge_round(merged.get(key), one)
+    for path in ref_paths.values():
+        if os.path.exists(path):
+            os.remove(path)
     rows = []
     for shape in shapes:
-        ref_path = str(tmp / f'ref64_{"_".join(map(str, shape))}.pt')
-        r = subprocess.run([sys.executable, str(Path(__file__).resolve()), '--ref64',
-                            json.dumps({'shape': shape, 'threads': args.threads, 'ref_path': ref_path})],
-                           capture_output=True, text=True, timeout=args.timeout)
-        have_ref64 = r.returncode == 0
         for mode in ('fwd', 'fwd+bwd'):
-            ref_ms = None
-            for backend in sorted(backends, key=lambda b: b != 'ref'):  # ref first: the ratio needs it
-                row = {'shape': shape, 'shape_name': shape_name(shape), 'mode': mode, 'backend': backend}
-                if backend == 'ref' and args.ref_max_length and shape[-1] > args.ref_max_length:
-                    row['error'] = f'skipped (L > --ref-max-length {args.ref_max_length})'
-                    rows.append(row)
-                    print(row, flush=True)
-                    continue
-                spec = {'shape': shape, 'backend': backend, 'mode': mode, 'threads': args.threads,
-                        'reps': min(args.reps, 2) if backend == 'ref' else args.reps,
-                        'min_time_s': 0 if backend == 'ref' else args.min_time,
-                        'ref_path': ref_path if have_ref64 else None}
-                row.update(run_child(spec, args.timeout))
-                if 'error' not in row:
-                    if backend == 'ref':
-                        ref_ms = row['median_ms']
-                    elif ref_ms:
-                        row['speedup_vs_ref'] = ref_ms / row['median_ms']
+            ref = merged.get((shape, mode, 'ref'), {})
+            for backend in order:
+                row = {'shape': shape, 'shape_name': shape_name(shape), 'mode': mode, 'backend': backend,
+                       **merged[shape, mode, backend]}
+                if 'error' not in row and backend != 'ref' and 'median_ms' in ref:
+                    row['speedup_vs_ref'] = ref['median_ms'] / row['median_ms']
                 rows.append(row)
-                print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-        if os.path.exists(ref_path):
-            os.remove(ref_path)
     machine['loadavg_end'] = ' '.join(f'{x:.1f}' for x in os.getloadavg())
     # The floors use the better of the rates measured before and after the timings: a rate measured
     # while another job held a core would make the floor slow and every call look close to it.
