@@ -21,9 +21,9 @@ def test_scan_bench_quick_prints_every_row_with_floors(tmp_path):
     header = next(line for line in out.stdout.splitlines() if line.startswith('Selective scan'))
     # the floors use the better of two machine-rate measurements, both reported
     assert re.search(r'matmul \d+ GFLOP/s \(the better of .* \d+ / \d+ GFLOP/s', header), header
-    assert "cpu rows: the median of 2 rounds' medians" in header, header
+    assert "each row the median of 2 rounds' medians" in header, header
     rounds = [line for line in out.stdout.splitlines() if line.startswith("{'round': 2")]
-    assert len(rounds) == 8  # every cpu row measured again in round 2
+    assert len(rounds) == 8  # every row measured again in round 2
     rows = [line.split('|')[1:-1] for line in out.stdout.splitlines() if line.startswith('| b')]
     # the quick shape x fwd, fwd+bwd x the kernel at its widest, capped at the portable SSE2 path, after
     # an idle gap on its own threads and on OpenMP's (the reference loop is not timed here)

@@ -9,10 +9,9 @@ backward), float32, 2 threads, a fresh Python process:
      peak extra memory = VmHWM - VmRSS before the call (torch's CPU memory is invisible to tracemalloc);
   2. times further calls, at least `--reps` of them and at least `--min-time` seconds' worth (median
      and min, ms; the number of calls is in the JSON).
-The cpu rows are measured in each of `--rounds` rounds (3), one round after another over the run, and
-show the median of their rounds' medians (each round's is in the JSON): the machine's speed moves by
-~25% for seconds at a time, enough to put a single measurement in a slow stretch. ref and torch rows,
-slow and far from their targets, are measured in the first round only.
+Every row is measured in each of `--rounds` rounds (3), one round after another over the run, and
+shows the median of its rounds' medians (each round's is in the JSON): the machine's speed moves by
+~25% for seconds at a time, enough to put a single measurement in a slow stretch.
 The error is the max |y - y_ref64| over max |y_ref64|, y_ref64 the reference loop in float64.
 Floors: bytes of u, delta, B, C read and y written (forward; the backward adds dy read and
 du, ddelta, dB, dC written) over the measured copy bandwidth, and 9 (forward) / 30 (forward +
@@ -232,8 +231,8 @@ def to_markdown(res: dict) -> str:
              f"{rs['copy_GBps']:.1f} / {re_['copy_GBps']:.1f} GB/s); load average "
              f"{m['loadavg_start']} at start, {m['loadavg_end']} at end; cpu kernel: {m['cpu_kernel']}; "
              f"memory defaults (serpent_basicsr.memory): {m.get('memory', '?')}; "
-             f"OMP_WAIT_POLICY={m.get('omp_wait_policy', '?')}; cpu rows: the median of {m.get('rounds', 1)} "
-             f"rounds' medians (ref, torch: one round).", '',
+             f"OMP_WAIT_POLICY={m.get('omp_wait_policy', '?')}; each row the median of {m.get('rounds', 1)} "
+             f"rounds' medians.", '',
              '| shape | mode | backend | median ms | min ms | peak extra MB | rel. err vs f64 ref | vs ref (x faster) '
              '| floor ms | x floor |', '|---|---|---|---:|---:|---:|---:|---:|---:|---:|']
     for r in res['rows']:
@@ -283,8 +282,8 @@ def main() -> None:
     ap.add_argument('--min-time', type=float, default=0.5,
                     help='and at least this many seconds of timed calls (not for ref; at most %d calls)' % MAX_REPS)
     ap.add_argument('--rounds', type=int, default=3,
-                    help='measure the cpu rows this many times, round after round over the run; a row shows the '
-                         'median of its rounds (ref and torch: the first round only)')
+                    help='measure every row this many times, round after round over the run; a row shows the '
+                         'median of its rounds\' medians')
     ap.add_argument('--timeout', type=float, default=1200, help='seconds per measurement process')
     ap.add_argument('--quick', action='store_true', help='one tiny shape, nothing written (a smoke run)')
     ap.add_argument('--out', default=str(HERE / 'results'))
@@ -327,10 +326,9 @@ def main() -> None:
             break
     machine['rates'] = machine_rates(args.threads)
     print(f"machine: {machine}", flush=True)
-    # Rounds: the cpu rows are measured in every round, the rounds one after another over the whole
-    # run, and a row's median is the median of its rounds' medians (this machine's speed moves by 25%
-    # for seconds at a time: one measurement could sit in a slow stretch); ref and torch, far from
-    # their targets and slow to measure, run in the first round only.
+    # Rounds: every row is measured once per round, the rounds one after another over the whole run,
+    # and its median is the median of its rounds' medians (this machine's speed moves by 25% for
+    # seconds at a time: one measurement could sit in a slow stretch).
     ref_paths, have_ref64, merged = {}, {}, {}
     for shape in shapes:
         ref_paths[shape] = str(tmp / f'ref64_{"_".join(map(str, shape))}.pt')
@@ -343,8 +341,6 @@ def main() -> None:
         for shape in shapes:
             for mode in ('fwd', 'fwd+bwd'):
                 for backend in order:
-                    if rnd > 0 and not backend.startswith('cpu'):
-                        continue
                     key = (shape, mode, backend)
                     if backend == 'ref' and args.ref_max_length and shape[-1] > args.ref_max_length:
                         merged[key] = {'error': f'skipped (L > --ref-max-length {args.ref_max_length})'}
